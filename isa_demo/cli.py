@@ -1,0 +1,39 @@
+"""The one command-line entry point: ``python -m isa_demo <command> ...``.
+
+Command groups are data: each module listed below has ``register(subparsers)`` that adds its
+sub-commands with ``set_defaults(func=...)``; ``func(args)`` returns the exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+GROUPS = {
+    "world": ("build and inspect the built-in world", ["isa_demo.world.cli"]),
+    "train": ("train models (vl, isa, masked-ti)", ["isa_demo.vl.cli"]),
+}
+# commands without sub-commands: name -> module with register_command(subparsers)
+SINGLE: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m isa_demo", description=__doc__.splitlines()[0])
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, modules) in GROUPS.items():
+        group = top.add_parser(name, help=help_text, description=help_text)
+        sub = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+        for mod in modules:
+            importlib.import_module(mod).register(sub)
+    for name, mod in SINGLE.items():
+        importlib.import_module(mod).register_command(top)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,103 @@
+"""Small shared helpers: devices, atomic writes, hashing, safe image loading."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from PIL import Image, ImageOps, ImageSequence
+
+# Largest image we agree to decode (pixels). Above this Pillow's decompression-bomb
+# guard would only warn; we refuse instead, so a 20000x20000 upload costs nothing.
+MAX_IMAGE_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used (corrupt, truncated, too large, not an image)."""
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_image(source: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open a path / file object / PIL image / array as an RGB PIL image, or raise ImageError.
+
+    Honours EXIF orientation, takes the first frame of animations, flattens alpha onto
+    white, converts CMYK / 16-bit / palette images to 8-bit RGB, and refuses images larger
+    than ``max_pixels`` before decoding them.
+    """
+    import numpy as np
+
+    if source is None:
+        raise ImageError("no image given")
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr.astype("float64") / max(float(arr.max()), 1.0) * 255.0, 0, 255).astype("uint8")
+        source = Image.fromarray(arr)
+    try:
+        img = source if isinstance(source, Image.Image) else Image.open(source)
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageError(f"image is too large: {w}x{h} pixels (limit {max_pixels:,} pixels)")
+        if getattr(img, "is_animated", False):
+            img = next(iter(ImageSequence.Iterator(img))).copy()
+        img = ImageOps.exif_transpose(img)
+        img.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:  # pragma: no cover - guarded above
+        raise ImageError(f"image is too large: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"not a readable image ({type(e).__name__}: {e})") from e
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype="float64")
+        arr = arr / max(arr.max(), 1.0) * 255.0
+        img = Image.fromarray(arr.astype("uint8"), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert("RGB")

@@ -1,0 +1,1 @@
+"""Training loops: shared resumable-checkpoint helpers; the ISA and masked-pair trainers."""

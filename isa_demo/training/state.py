@@ -1,0 +1,42 @@
+"""Resumable training state, saved atomically and loaded safely (``weights_only=True``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..common import atomic_path
+
+
+def save_state(path: str | os.PathLike, step: int, model: torch.nn.Module, optimizer, scheduler=None,
+               extra: dict | None = None) -> None:
+    state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict() if scheduler is not None else None, "extra": extra or {}}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: str | os.PathLike, model: torch.nn.Module, optimizer, scheduler=None) -> tuple[int, dict]:
+    """Restore a state saved by :func:`save_state`; returns ``(step, extra)``. Missing file: step 0."""
+    path = Path(path)
+    if not path.exists():
+        return 0, {}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    print(f"resumed from {path} at step {state['step']}")
+    return int(state["step"]), state.get("extra") or {}
+
+
+def cosine_schedule(optimizer, warmup: int, total: int):
+    import math
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,27 @@
+"""`python -m isa_demo train vl` and `python -m isa_demo eval-vl`."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("vl", help="train the built-in VL model from scratch on the world's captions",
+                       description="Train the registered open_clip config on the world's train image-caption "
+                                   "pairs (symmetric CLIP loss). Resumable: rerun the same command.")
+    p.add_argument("--world", default="data/world")
+    p.add_argument("--name", default="isa-world-vit", help="registered open_clip config")
+    p.add_argument("--out", default=None, help="safetensors output (default: assets/vl/NAME.safetensors)")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state", default=None, help="resumable state file (default runs/vl/NAME.state.pt)")
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N train images")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from .train import train_vl
+
+    train_vl(args.world, out=args.out, name=args.name, epochs=args.epochs, batch_size=args.batch_size,
+             lr=args.lr, seed=args.seed, state_path=args.state, device=args.device, max_images=args.max_images)
+    return 0

@@ -1,0 +1,320 @@
+"""The frozen vision-language model: any open_clip model behind one small interface.
+
+``load_vl(name, pretrained)`` accepts an open_clip pretrained tag (``ViT-B-32`` +
+``laion2b_s34b_b79k``), a local checkpoint path, ``"builtin"`` (the project's shipped
+checkpoint for its registered configs), or None (random weights). The returned
+:class:`VLModel` encodes images and texts, returns ViT local features, and encodes prompts
+whose placeholder token ``*`` is replaced by ``L >= 1`` learned embeddings (METHOD.md 2).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from ..common import default_device, file_sha256, load_image
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+BUILTIN_NAME = "isa-world-vit"
+PLACEHOLDER = "*"
+
+open_clip.add_model_config(CONFIG_DIR)
+
+
+class VLLoadError(RuntimeError):
+    pass
+
+
+def builtin_checkpoint(name: str = BUILTIN_NAME) -> Path:
+    return ASSETS / "vl" / f"{name}.safetensors"
+
+
+def model_config(name: str) -> dict:
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise VLLoadError(f"unknown open_clip model {name!r}; known: {', '.join(open_clip.list_models()[:20])}, ...")
+    return cfg
+
+
+@dataclass
+class TextParts:
+    """The pieces of an open_clip text tower, for both layouts (CLIP and CustomTextCLIP)."""
+
+    token_embedding: torch.nn.Embedding
+    positional_embedding: torch.Tensor
+    transformer: torch.nn.Module
+    ln_final: torch.nn.Module
+    text_projection: torch.Tensor | torch.nn.Module | None
+    attn_mask: torch.Tensor | None
+    pool_type: str
+    eos_id: int | None
+
+    @classmethod
+    def of(cls, model) -> "TextParts":
+        t = model.text if hasattr(model, "text") else model  # CustomTextCLIP vs CLIP
+        if not hasattr(t, "token_embedding"):
+            raise VLLoadError("pseudo-token encoding needs an open_clip text transformer (not an HF text tower)")
+        if getattr(t, "cls_emb", None) is not None:
+            raise VLLoadError("text towers with an appended class token (CoCa) are not supported")
+        pool = getattr(t, "text_pool_type", None) or getattr(t, "pool_type", "argmax")
+        return cls(t.token_embedding, t.positional_embedding, t.transformer, t.ln_final, t.text_projection,
+                   t.attn_mask, pool, getattr(t, "text_eos_id", None) or getattr(t, "eos_id", None))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        if self.text_projection is None:
+            return x
+        if isinstance(self.text_projection, torch.nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+
+class VLModel:
+    def __init__(self, model, preprocess, tokenizer, name: str, pretrained: str | None, checkpoint_sha256: str | None,
+                 device: str):
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.device = device
+        self.text = TextParts.of(model)
+        self.context_length = int(self.text.positional_embedding.shape[0])
+        self.embed_dim = int(self.encode_texts(["a"]).shape[-1])
+        self.word_dim = int(self.text.token_embedding.weight.shape[1])
+        self.image_size = _image_size(model)
+        ids = tokenizer([PLACEHOLDER])[0]
+        self.placeholder_id = int(ids[1])  # [SOT, *, EOT, pad...]
+        mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+        std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict:
+        """What an index or a query-encoder checkpoint records to check it meets the same model."""
+        return {"name": self.name, "pretrained": _display_pretrained(self.pretrained),
+                "checkpoint_sha256": self.checkpoint_sha256, "embed_dim": self.embed_dim}
+
+    # ------------------------------------------------------------------ images
+    def images_to_tensor(self, images: Sequence) -> torch.Tensor:
+        """PIL images / paths / arrays -> preprocessed batch (with the model's own transform)."""
+        return torch.stack([self.preprocess(load_image(im)) for im in images]).to(self.device)
+
+    def uint8_to_tensor(self, arr: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(N, H, W, 3)`` uint8 already at the model's size -> normalized batch (fast path)."""
+        x = torch.as_tensor(np.asarray(arr)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False,
+                              antialias=True).clamp_(0, 1)
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def encode_image_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(x.to(self.device)).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence, batch_size: int = 64) -> torch.Tensor:
+        out = [self.encode_image_tensor(self.images_to_tensor(images[i:i + batch_size]))
+               for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    def encode_image_local(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global feature and local features ``(B, K, D)`` in the joint space, both normalized.
+
+        ViT towers: patch tokens after ``ln_post`` and ``proj`` (the projection the pooled token
+        gets). Other towers are not supported for local features.
+        """
+        v = self.model.visual
+        if not hasattr(v, "class_embedding"):
+            raise VLLoadError(f"local image features need a ViT image tower; {self.name} has {type(v).__name__}")
+        old = v.output_tokens
+        v.output_tokens = True
+        try:
+            pooled, tokens = v(x.to(self.device))
+        finally:
+            v.output_tokens = old
+        if v.proj is not None:
+            pooled, tokens = pooled, tokens @ v.proj
+        return F.normalize(pooled.float(), dim=-1), F.normalize(tokens.float(), dim=-1)
+
+    # ------------------------------------------------------------------ texts
+    def tokenize(self, texts: Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        return self.tokenizer(list(texts), context_length=context_length or self.context_length).to(self.device)
+
+    def encode_text_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(encode_text_trimmed(self.model, ids).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        out = [self.encode_text_tokens(self.tokenize(texts[i:i + batch_size]))
+               for i in range(0, len(texts), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    def placeholder_embedding(self) -> torch.Tensor:
+        return self.text.token_embedding.weight[self.placeholder_id]
+
+    def encode_with_pseudo_tokens(self, prompts: Sequence[str], pseudo: torch.Tensor,
+                                  return_tokens: bool = False):
+        """Encode prompts whose ``*`` is replaced by ``pseudo`` (``(B, L, d_w)``, L >= 1).
+
+        The sequence grows by ``L - 1``; the modifier is truncated (never the end-of-text token)
+        so that it fits the context. The feature is read at the end-of-text position, exactly as
+        the tower does for ordinary text. Gradients flow to ``pseudo``. With ``return_tokens``
+        also returns the projected tower outputs at the ``L`` pseudo positions ``(B, L, D)``.
+        Returned features are not normalized.
+        """
+        tp = self.text
+        B, L, _ = pseudo.shape
+        if len(prompts) != B:
+            raise ValueError(f"{len(prompts)} prompts for {B} pseudo sentences")
+        n = self.context_length - (L - 1)
+        if n < 4:
+            raise ValueError(f"L={L} pseudo tokens do not fit a context of {self.context_length}")
+        ids = self.tokenize(prompts, context_length=n)
+        has = ids == self.placeholder_id
+        if not bool(has.any(-1).all()):
+            bad = [p for p, h in zip(prompts, has.any(-1).tolist()) if not h]
+            raise ValueError(f"prompt has no placeholder {PLACEHOLDER!r} (or it was truncated away): {bad[0]!r}")
+        p = has.int().argmax(-1)  # first placeholder
+        if tp.pool_type == "argmax":
+            eot = ids.argmax(-1)
+        elif tp.pool_type == "eos":
+            eot = (ids == tp.eos_id).int().argmax(-1)
+        elif tp.pool_type == "last":
+            eot = torch.full_like(p, n - 1)
+        else:
+            eot = torch.zeros_like(p)
+        eot = torch.where(eot > p, eot + L - 1, eot)
+
+        emb = tp.token_embedding(ids)  # (B, n, d)
+        T = n + L - 1
+        j = torch.arange(T, device=ids.device).unsqueeze(0)
+        pj = p.unsqueeze(1)
+        in_pseudo = (j >= pj) & (j < pj + L)
+        src = torch.where(j < pj, j, j - L + 1).clamp(0, n - 1)
+        x = torch.gather(emb, 1, src.unsqueeze(-1).expand(B, T, emb.shape[-1]))
+        k = (j - pj).clamp(0, L - 1)
+        ps = torch.gather(pseudo.to(emb.dtype), 1, k.unsqueeze(-1).expand(B, T, emb.shape[-1]))
+        x = torch.where(in_pseudo.unsqueeze(-1), ps, x)
+
+        mask = tp.attn_mask
+        if mask is not None and tp.pool_type in ("argmax", "eos"):
+            T = int(eot.max()) + 1  # causal: positions after the EOT never reach it
+            x = x[:, :T]
+            mask = mask[:T, :T]
+        x = x + tp.positional_embedding[:T].to(x.dtype)
+        x = tp.transformer(x, attn_mask=mask)
+        x = tp.ln_final(x)
+        pooled = tp.project(x[torch.arange(B, device=x.device), eot])
+        if not return_tokens:
+            return pooled
+        pos = (pj + torch.arange(L, device=x.device).unsqueeze(0))
+        tokens = tp.project(torch.gather(x, 1, pos.unsqueeze(-1).expand(B, L, x.shape[-1])))
+        return pooled, tokens
+
+    def nearest_words(self, vectors: torch.Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
+        """Decode pseudo-word vectors ``(L, d_w)`` into their nearest vocabulary tokens (cosine)."""
+        table = F.normalize(self.text.token_embedding.weight.float(), dim=-1)
+        sims = F.normalize(vectors.float().to(table.device), dim=-1) @ table.T
+        top = sims.topk(k, dim=-1)
+        dec = getattr(self.tokenizer, "decoder", None)
+        out = []
+        for vals, idx in zip(top.values.tolist(), top.indices.tolist()):
+            words = []
+            for v, i in zip(vals, idx):
+                w = dec[i] if dec is not None else str(i)
+                words.append((w.replace("</w>", ""), round(float(v), 3)))
+            out.append(words)
+        return out
+
+
+def encode_text_trimmed(model, ids: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(ids)``, computed only up to the last end-of-text position when the
+    tower is causal (later positions cannot reach it, so the result is the same, faster)."""
+    tp = TextParts.of(model)
+    if tp.attn_mask is None or tp.pool_type != "argmax":
+        return model.encode_text(ids)
+    eot = ids.argmax(-1)
+    T = int(eot.max()) + 1
+    x = tp.token_embedding(ids[:, :T]) + tp.positional_embedding[:T]
+    x = tp.ln_final(tp.transformer(x, attn_mask=tp.attn_mask[:T, :T]))
+    return tp.project(x[torch.arange(ids.shape[0], device=x.device), eot])
+
+
+def _image_size(model) -> int:
+    size = getattr(model.visual, "image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def _display_pretrained(pretrained: str | None) -> str | None:
+    if pretrained and os.path.exists(pretrained):
+        return os.path.basename(pretrained)
+    return pretrained
+
+
+def load_state_checked(model, path: str | os.PathLike, name: str) -> None:
+    """Load a safetensors / torch checkpoint strictly; on mismatch name both sides."""
+    path = str(path)
+    meta = {}
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    saved_for = meta.get("model_name")
+    if saved_for and saved_for != name:
+        raise VLLoadError(f"checkpoint {path} was saved for model {saved_for!r}, but the configuration is {name!r}")
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[:4]
+        raise VLLoadError(f"checkpoint {path} (saved for {saved_for or 'an unknown model'}) does not match "
+                          f"configuration {name!r}: {' '.join(first)}") from None
+
+
+def load_vl(name: str = BUILTIN_NAME, pretrained: str | None = "builtin", device: str | None = None,
+            **model_kwargs) -> VLModel:
+    """Load an open_clip model as a frozen :class:`VLModel` (see module doc for ``pretrained``)."""
+    device = device or default_device()
+    model_config(name)
+    ckpt_hash = None
+    local = None
+    if pretrained == "builtin":
+        local = builtin_checkpoint(name)
+        if not local.exists():
+            raise VLLoadError(f"no built-in checkpoint for {name!r} at {local}; train one with "
+                              f"`python -m isa_demo train vl` or pass --pretrained")
+    elif pretrained and (os.path.exists(pretrained) or pretrained.endswith((".safetensors", ".pt", ".bin", ".pth"))):
+        local = Path(pretrained)
+        if not local.exists():
+            raise VLLoadError(f"checkpoint file not found: {local}")
+    if local is not None:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **model_kwargs)
+        load_state_checked(model, local, name)
+        ckpt_hash = file_sha256(local)
+    else:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **model_kwargs)
+        ckpt_hash = f"open_clip:{name}/{pretrained}" if pretrained else None
+    model.to(device)
+    tokenizer = open_clip.get_tokenizer(name)
+    return VLModel(model, preprocess, tokenizer, name, str(local) if local else pretrained, ckpt_hash, device)
+
+
+def config_json(name: str) -> str:
+    return json.dumps(model_config(name), sort_keys=True)

@@ -1,0 +1,34 @@
+"""Shared fixtures: a small world and tiny random-weight open_clip models (both text layouts)."""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest
+import torch
+
+torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    from isa_demo.world import build_world
+
+    return build_world(tmp_path_factory.mktemp("world") / "w", seed=0, size="small", workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_vl():
+    """Random-weight open_clip CLIP (built-in text tower layout)."""
+    from isa_demo.vl import load_vl
+
+    torch.manual_seed(0)
+    return load_vl("isa-test-tiny", pretrained=None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_custom():
+    """Random-weight open_clip CustomTextCLIP (separate TextTransformer layout)."""
+    from isa_demo.vl import load_vl
+
+    torch.manual_seed(0)
+    return load_vl("isa-test-tiny-custom", pretrained=None, device="cpu")
