@@ -1,7 +1,8 @@
 """The one command-line entry point: ``python -m isa_demo <command> ...``.
 
-Command groups are data: each module listed below has ``register(subparsers)`` that adds its
-sub-commands with ``set_defaults(func=...)``; ``func(args)`` returns the exit code.
+Command groups are data: each entry below names ``module`` (whose ``register(subparsers)`` is
+called) or ``module:function``; it adds sub-commands with ``set_defaults(func=...)``, and
+``func(args)`` returns the exit code.
 """
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ import sys
 
 GROUPS = {
     "world": ("build and inspect the built-in world", ["isa_demo.world.cli"]),
-    "train": ("train models (vl, isa, masked-ti)", ["isa_demo.vl.cli"]),
+    "train": ("train models (vl, isa, masked-ti)", ["isa_demo.vl.cli", "isa_demo.training.cli",
+                                                      "isa_demo.training.masked_ti_cli"]),
+    "bench": ("benchmarks that print a table and write it to assets/results/",
+              ["isa_demo.vl.cli:register_bench", "isa_demo.evaluation.cli",
+               "isa_demo.evaluation.efficiency:register_bench", "isa_demo.index.cli:register_bench"]),
+    "index": ("gallery indexes: encode an image folder into a faiss index", ["isa_demo.index.cli"]),
 }
 # commands without sub-commands: name -> module with register_command(subparsers)
-SINGLE: dict[str, str] = {}
+SINGLE: dict[str, str] = {"eval": "isa_demo.evaluation.cli", "masking-sheet": "isa_demo.training.masked_ti_cli"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, modules) in GROUPS.items():
         group = top.add_parser(name, help=help_text, description=help_text)
         sub = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-        for mod in modules:
-            importlib.import_module(mod).register(sub)
+        for entry in modules:
+            mod, _, func = entry.partition(":")
+            getattr(importlib.import_module(mod), func or "register")(sub)
     for name, mod in SINGLE.items():
         importlib.import_module(mod).register_command(top)
     return parser

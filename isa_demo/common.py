@@ -101,3 +101,33 @@ def load_image(source: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, img)
     return img.convert("RGB")
+
+
+def provenance() -> dict:
+    """Command, machine and date, recorded beside every results table."""
+    import platform
+    import shlex
+    import sys
+    import time
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"command": "python -m isa_demo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "machine": f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+                       f"gpu {gpu}",
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def write_table(df, path: str | os.PathLike) -> None:
+    """Write a results table as CSV with its provenance in a sidecar ``.json``, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+    write_json(path.with_suffix(".json"), provenance(), indent=2)

@@ -1,0 +1,153 @@
+"""ISA query encoder = light backbone (or the frozen VL tower, "symmetric") + adaptive token learner.
+
+Checkpoints are safetensors with a metadata record (config, VL identity, training facts); loading
+checks the backbone, L and VL model against what the caller expects and names both on mismatch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..common import atomic_path, load_image
+from .atl import AdaptiveTokenLearner
+from .backbones import SYMMETRIC, create_backbone
+
+FORMAT = "isa-demo-query-encoder"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "isa"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+@dataclass
+class EncoderConfig:
+    backbone: str
+    num_tokens: int = 4
+    dim: int = 256
+    layers: int = 1
+    image_size: int = 128
+    word_dim: int = 0
+    channels: int = 0
+    grid: int = 4
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    imagenet: bool = False
+
+
+def shipped_checkpoint(backbone: str) -> Path:
+    return ASSETS / f"{backbone}.safetensors"
+
+
+class QueryEncoder(nn.Module):
+    """``forward(x) -> (pseudo sentence (B, L, d_w), attention maps (B, L, h, w))``."""
+
+    def __init__(self, cfg: EncoderConfig, vl=None, imagenet_init: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.vl = vl  # only used by the symmetric variant (not a submodule: never saved)
+        if cfg.backbone == SYMMETRIC:
+            if vl is None:
+                raise ValueError("the symmetric encoder needs the VL model")
+            self.backbone = None
+            cfg.channels, cfg.image_size = vl.embed_dim, vl.image_size
+            cfg.grid = vl.image_size // _patch(vl)
+        else:
+            self.backbone, info = create_backbone(cfg.backbone, imagenet=imagenet_init)
+            cfg.channels, cfg.mean, cfg.std = info["channels"], info["mean"], info["std"]
+            cfg.imagenet = cfg.imagenet or info["imagenet"]
+            cfg.grid = max(1, cfg.image_size // 32)
+        self.atl = AdaptiveTokenLearner(cfg.channels, cfg.word_dim, cfg.num_tokens, cfg.dim, cfg.layers, grid=cfg.grid)
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------ inputs
+    def preprocess(self, images) -> torch.Tensor:
+        """PIL images / paths / arrays -> input batch (resized to the encoder's size)."""
+        if self.backbone is None:
+            return self.vl.images_to_tensor(images)
+        arr = np.stack([np.asarray(load_image(im).resize((self.cfg.image_size,) * 2, 3)) for im in images])
+        return self.uint8_to_tensor(arr)
+
+    def uint8_to_tensor(self, arr) -> torch.Tensor:
+        if self.backbone is None:
+            return self.vl.uint8_to_tensor(arr)
+        dev = self.mean.device
+        x = torch.as_tensor(np.asarray(arr)).to(dev).permute(0, 3, 1, 2).float().div_(255)
+        if x.shape[-1] != self.cfg.image_size:
+            x = F.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bicubic", antialias=True).clamp_(0, 1)
+        return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backbone is not None:
+            return self.backbone.forward_features(x)
+        with torch.no_grad():
+            _, tokens = self.vl.encode_image_local(x)
+        return tokens_to_map(tokens)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.atl(self.features(x))
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str | os.PathLike, vl_identity: dict, extra: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().half().contiguous() if v.is_floating_point() else v.contiguous()
+                 for k, v in self.state_dict().items()}
+        meta = {"format": FORMAT, "config": json.dumps(asdict(self.cfg)), "vl": json.dumps(vl_identity, sort_keys=True),
+                **{k: str(v) for k, v in (extra or {}).items()}}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, vl, backbone: str | None = None, num_tokens: int | None = None,
+             device: str | None = None) -> "QueryEncoder":
+        """Load a checkpoint for ``vl``; refuse one made for another VL model, backbone or L."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"query-encoder checkpoint not found: {path}")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not an isa-demo query-encoder checkpoint")
+        cfg = EncoderConfig(**json.loads(meta["config"]))
+        if backbone is not None and cfg.backbone != backbone:
+            raise CheckpointError(f"{path.name}: expected a checkpoint for backbone {backbone!r}, found {cfg.backbone!r}")
+        if num_tokens is not None and cfg.num_tokens != num_tokens:
+            raise CheckpointError(f"{path.name}: expected L={num_tokens} pseudo tokens, found L={cfg.num_tokens}")
+        saved_vl = json.loads(meta["vl"])
+        want = vl.identity()
+        keys = ("name", "checkpoint_sha256", "embed_dim")
+        if any(saved_vl.get(k) != want.get(k) for k in keys):
+            raise CheckpointError(
+                f"{path.name} was trained for VL model {saved_vl.get('name')} "
+                f"(checkpoint {str(saved_vl.get('checkpoint_sha256'))[:12]}, dim {saved_vl.get('embed_dim')}), but the "
+                f"loaded VL model is {want.get('name')} (checkpoint {str(want.get('checkpoint_sha256'))[:12]}, "
+                f"dim {want.get('embed_dim')})")
+        enc = cls(cfg, vl=vl, imagenet_init=False)
+        state = load_file(str(path))
+        enc.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+        enc.meta = meta
+        return enc.to(device or vl.device).eval()
+
+
+def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, K, D)`` ViT patch tokens -> ``(B, D, g, g)`` feature map."""
+    B, K, D = tokens.shape
+    g = int(round(K ** 0.5))
+    return tokens.transpose(1, 2).reshape(B, D, g, g)
+
+
+def _patch(vl) -> int:
+    p = vl.model.visual.patch_size
+    return int(p[0] if isinstance(p, (tuple, list)) else p)

@@ -1,0 +1,7 @@
+"""Gallery indexes: any image folder encoded with the VL model into a persistent faiss index."""
+from .default import default_gallery
+from .encode import IMAGE_EXTENSIONS, GalleryError, scan_folder
+from .gallery import GalleryIdentityError, GalleryIndex, describe_identity, same_model
+
+__all__ = ["GalleryIndex", "GalleryError", "GalleryIdentityError", "IMAGE_EXTENSIONS", "default_gallery",
+           "describe_identity", "same_model", "scan_folder"]

@@ -1,0 +1,347 @@
+"""A persistent gallery index: VL image features in faiss, with a manifest and the model identity.
+
+Layout of an index directory::
+
+    meta.json       format, model identity, factory, dim, count, search parameters, recall@10
+                    of approximate search against exact search, dates, the folders it was built from
+    index.faiss     the faiss index (inner product over L2-normalized features); id i = manifest row i
+    manifest.jsonl  one row per vector: path (relative to the index directory), sha256, bytes,
+                    width, height
+    skipped.json    files that were not indexed, with the reason
+
+Every write (build, add) writes a complete new directory next to the target and renames it into
+place, so an interrupted write leaves either the previous index or none, never a mixed one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import faiss
+import numpy as np
+
+from . import ann
+from .encode import IMAGE_EXTENSIONS, Encoded, GalleryError, encode_files, scan_folder
+
+FORMAT = "isa-demo-gallery"
+VERSION = 1
+META, INDEX, MANIFEST, SKIPPED = "meta.json", "index.faiss", "manifest.jsonl", "skipped.json"
+
+
+class GalleryIdentityError(GalleryError):
+    """The index was built with another VL model than the one asking."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def describe_identity(identity: dict | None) -> str:
+    if not identity:
+        return "an unknown model"
+    sha = identity.get("checkpoint_sha256")
+    sha = (sha[:12] + "...") if sha and len(sha) > 40 else sha
+    return (f"{identity.get('name')} (pretrained={identity.get('pretrained')}, checkpoint={sha}, "
+            f"embed_dim={identity.get('embed_dim')})")
+
+
+def same_model(a: dict, b: dict) -> bool:
+    """Same weights: compared by checkpoint hash when both have one (a moved or renamed checkpoint
+    file is the same model), otherwise by every identity field."""
+    if a.get("checkpoint_sha256") and b.get("checkpoint_sha256"):
+        keys = ("name", "checkpoint_sha256", "embed_dim")
+    else:
+        keys = tuple(sorted(set(a) | set(b)))
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def check_identity(index_identity: dict, query_identity: dict, where: str | os.PathLike) -> None:
+    if not same_model(index_identity, query_identity):
+        raise GalleryIdentityError(
+            f"gallery index {where} was built with {describe_identity(index_identity)}, but the query model is "
+            f"{describe_identity(query_identity)}; features of different models are not comparable. Rebuild it "
+            f"with `python -m isa_demo index build --images DIR --out {where} --force` and the query model.")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``path``; on success it replaces ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the index is an ordinary directory
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)  # old is an empty directory: rename over it is allowed
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_target(out: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to replace an index without ``overwrite``, and anything that is not an index at all."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise GalleryError(f"{out} exists and is not a directory; choose another --out")
+    if (out / META).exists():
+        if not overwrite:
+            raise GalleryError(f"{out} already holds a gallery index; pass --force (overwrite=True) to rebuild it, "
+                               f"or add new images with `python -m isa_demo index add --index {out} --images DIR`")
+        return
+    if any(out.iterdir()):
+        raise GalleryError(f"{out} is a non-empty directory that is not a gallery index; refusing to replace it")
+
+
+class GalleryIndex:
+    """Gallery features in a faiss index, with one manifest record per vector.
+
+    ``records[i]`` describes vector ``i``: ``path`` (relative to the index directory), ``sha256``,
+    ``bytes``, ``width``, ``height``. ``path_of(i)`` gives the image file.
+    """
+
+    def __init__(self, path: str | os.PathLike, index: faiss.Index, records: list[dict], meta: dict,
+                 skipped: list[dict] | None = None):
+        self.path = Path(path)
+        self.index = index
+        self.records = records
+        self.meta = meta
+        self.skipped = skipped or []
+        ann.set_search_params(index, meta.get("search_params", ""))
+
+    # ------------------------------------------------------------------ properties
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    @property
+    def identity(self) -> dict:
+        return self.meta["model"]
+
+    @property
+    def factory(self) -> str:
+        return self.meta["factory"]
+
+    def path_of(self, i: int) -> Path:
+        return Path(os.path.normpath(self.path / self.records[int(i)]["path"]))
+
+    def hashes(self) -> set[str]:
+        return {r["sha256"] for r in self.records}
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` gallery ids for query features ``(B, D)`` or ``(D,)`` (torch or numpy).
+
+        Returns ``(scores, ids)``, both ``(B, min(k, len(self)))`` numpy arrays; scores are cosine
+        similarities (queries are L2-normalized here)."""
+        q = ann.as_float32(queries)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query features have shape {tuple(q.shape)}; gallery {self.path} holds "
+                             f"{self.dim}-d features of {describe_identity(self.identity)}")
+        faiss.normalize_L2(q)
+        return self.index.search(q, min(int(k), len(self)))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, overwrite: bool = True) -> None:
+        """Write the whole index directory atomically (replacing a previous version)."""
+        check_target(self.path, overwrite)
+        self.meta["count"] = len(self)
+        with atomic_dir(self.path) as tmp:
+            faiss.write_index(self.index, str(tmp / INDEX))
+            with open(tmp / MANIFEST, "w") as f:
+                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
+            (tmp / SKIPPED).write_text(json.dumps(self.skipped, indent=1))
+            (tmp / META).write_text(json.dumps(self.meta, indent=2))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, expected_identity: dict | None = None) -> "GalleryIndex":
+        """Open an index; with ``expected_identity`` (``vl.identity()``) refuse one made by another model."""
+        path = Path(path)
+        meta_path = path / META
+        if not meta_path.exists():
+            hint = "it is not a gallery index" if path.exists() else "no such directory"
+            done = [p for p in path.parent.glob(f".{path.name}.*.tmp") if (p / META).exists()] if path.name else []
+            if not path.exists() and done:  # killed between the two renames of atomic_dir
+                hint = f"a write was interrupted; its complete new version is {done[0]} (rename it to {path})"
+            raise GalleryError(f"cannot load gallery index {path}: {hint}; build one with "
+                               f"`python -m isa_demo index build --images DIR --out {path}`")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise GalleryError(f"{path} is not a version-{VERSION} {FORMAT} index "
+                               f"(format={meta.get('format')!r}, version={meta.get('version')!r})")
+        if expected_identity is not None:
+            check_identity(meta["model"], expected_identity, path)
+        index = faiss.read_index(str(path / INDEX))
+        with open(path / MANIFEST) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        if not (index.ntotal == len(records) == meta["count"]) or index.d != meta["dim"]:
+            raise GalleryError(f"gallery index {path} is inconsistent: faiss holds {index.ntotal} x {index.d}, the "
+                               f"manifest {len(records)} rows, meta.json says {meta['count']} x {meta['dim']}; "
+                               f"rebuild it")
+        skipped = json.loads((path / SKIPPED).read_text()) if (path / SKIPPED).exists() else []
+        return cls(path, index, records, meta, skipped)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_features(cls, path: str | os.PathLike, features: np.ndarray, records: list[dict], identity: dict,
+                      factory: str = ann.EXACT, search_params: str | None = None, target_recall: float = 0.95,
+                      skipped: list[dict] | None = None, extra_meta: dict | None = None) -> "GalleryIndex":
+        """An (unsaved) index of ``features`` ``(N, D)``; ``records[i]["file"]`` (or ``["path"]``,
+        relative to ``path``) names the image of row i. Approximate factories get their search
+        parameter tuned to ``target_recall`` unless ``search_params`` is given."""
+        path = Path(path)
+        x = ann.as_float32(features)
+        if x.ndim != 2 or len(x) != len(records) or len(x) == 0:
+            raise GalleryError(f"need (N, D) features for N >= 1 records; got {x.shape} for {len(records)}")
+        faiss.normalize_L2(x)
+        try:
+            index = ann.new_index(x.shape[1], factory)
+            ann.train_and_add(index, x, factory)
+        except ValueError as e:
+            raise GalleryError(str(e)) from None
+        if identity.get("embed_dim") not in (None, x.shape[1]):
+            raise GalleryError(f"features are {x.shape[1]}-d but the model identity says {identity['embed_dim']}")
+        now = _now()
+        meta = {"format": FORMAT, "version": VERSION, "created": now, "updated": now, "model": identity,
+                "factory": factory, "exact": ann.is_exact(factory), "metric": "inner_product", "dim": int(x.shape[1]),
+                "count": len(x), "search_params": "", "recall_at_10": 1.0 if ann.is_exact(factory) else None,
+                "sources": [], **(extra_meta or {})}
+        g = cls(path, index, [_record(r, path) for r in records], meta,
+                [_skip(s, path) for s in (skipped or [])])
+        if not ann.is_exact(factory):
+            g._measure_recall(x, search_params, target_recall)
+        return g
+
+    @classmethod
+    def build(cls, images: str | os.PathLike, out: str | os.PathLike, vl, factory: str = ann.EXACT, *,
+              batch_size: int = 64, workers: int = 0, search_params: str | None = None, target_recall: float = 0.95,
+              overwrite: bool = False, progress: Callable | None = None) -> "GalleryIndex":
+        """Encode every image under ``images`` with ``vl`` and write the index to ``out``."""
+        out = Path(out)
+        check_target(out, overwrite)
+        try:
+            ann.new_index(vl.embed_dim, factory)  # a bad factory string fails before any encoding
+        except ValueError as e:
+            raise GalleryError(str(e)) from None
+        files, skipped = scan_folder(images, exclude=[out])
+        if not files:
+            raise GalleryError(_no_images_message(images, skipped))
+        enc = encode_files(vl, files, batch_size=batch_size, workers=workers, progress=progress,
+                           desc=f"encode {images}")
+        enc.skipped = skipped + enc.skipped
+        if not enc.records:
+            raise GalleryError(f"none of the {len(files)} image files under {images} could be used: "
+                               f"{_summarize(enc.skipped)}")
+        g = cls.from_features(out, enc.features, enc.records, vl.identity(), factory, search_params,
+                              target_recall, enc.skipped)
+        g.meta["sources"].append(_source(images, out, enc, len(files)))
+        g.save(overwrite=overwrite)
+        return g
+
+    def add(self, images: str | os.PathLike, vl, *, batch_size: int = 64, workers: int = 0,
+            progress: Callable | None = None) -> Encoded:
+        """Encode the images under ``images`` that are not indexed yet (by content hash), add them
+        and rewrite the index atomically. Returns what was encoded (``.records``, ``.skipped``,
+        ``.known``: files already indexed)."""
+        check_identity(self.identity, vl.identity(), self.path)
+        files, skipped = scan_folder(images, exclude=[self.path])
+        if not files:
+            raise GalleryError(_no_images_message(images, skipped))
+        enc = encode_files(vl, files, known_hashes=self.hashes(), batch_size=batch_size, workers=workers,
+                           progress=progress, desc=f"encode {images}")
+        enc.skipped = skipped + enc.skipped
+        if enc.records:
+            x = ann.as_float32(enc.features)
+            faiss.normalize_L2(x)
+            self.index.add(x)
+            self.records += [_record(r, self.path) for r in enc.records]
+            if not self.meta["exact"]:
+                self._measure_recall(ann.all_vectors(self.index), self.meta["search_params"], 0.0)
+        self.skipped += [_skip(s, self.path) for s in enc.skipped]
+        self.meta["updated"] = _now()
+        self.meta["sources"].append(_source(images, self.path, enc, len(files)))
+        self.save()
+        return enc
+
+    def _measure_recall(self, x: np.ndarray, search_params: str | None, target: float) -> None:
+        r = ann.sample_recall(self.index, x, search_params, target)
+        self.meta.update(r)
+
+    # ------------------------------------------------------------------ description
+    def info(self) -> str:
+        m = self.meta
+        size = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file()) if self.path.exists() else 0
+        kind = "exact search" if m["exact"] else "approximate search"
+        lines = [f"gallery index {self.path}",
+                 f"  images     {len(self):,} ({size / 1e6:.1f} MB on disk)",
+                 f"  features   {self.dim}-d, {m['metric']}",
+                 f"  factory    {m['factory']} ({kind})"]
+        if not m["exact"]:
+            lines.append(f"  recall@10  {m['recall_at_10']:.4f} vs exact search ({m['search_params'] or 'defaults'}, "
+                         f"{m['recall_queries']} gallery vectors as queries)")
+        lines += [f"  model      {describe_identity(m['model'])}",
+                  f"  created    {m['created']}",
+                  f"  updated    {m['updated']}",
+                  f"  skipped    {len(self.skipped)} file(s){' (see ' + SKIPPED + ')' if self.skipped else ''}"]
+        for s in m.get("sources", []):
+            lines.append(f"  source     {s['images']}: +{s['added']} on {s['date']} "
+                         f"({s['skipped']} skipped, {s.get('already_indexed', 0)} already indexed)")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- helpers
+def _rel(file: str | os.PathLike, root: Path) -> str:
+    try:
+        return Path(os.path.relpath(os.path.abspath(file), os.path.abspath(root))).as_posix()
+    except ValueError:  # another drive (Windows)
+        return Path(os.path.abspath(file)).as_posix()
+
+
+def _record(r: dict, root: Path) -> dict:
+    out = {k: v for k, v in r.items() if k != "file"}
+    if "file" in r:
+        out["path"] = _rel(r["file"], root)
+    return out
+
+
+def _skip(s: dict, root: Path) -> dict:
+    return {"path": _rel(s["path"], root) if isinstance(s["path"], Path) else s["path"], "reason": s["reason"],
+            "date": s.get("date", _now())}
+
+
+def _source(images, root: Path, enc: Encoded, n_files: int) -> dict:
+    return {"images": _rel(images, root), "date": _now(), "files": n_files, "added": len(enc.records),
+            "skipped": len(enc.skipped), "already_indexed": enc.known}
+
+
+def _summarize(skipped: list[dict], n: int = 5) -> str:
+    parts = [f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:n]]
+    more = f"; and {len(skipped) - n} more" if len(skipped) > n else ""
+    return "; ".join(parts) + more
+
+
+def _no_images_message(images, skipped: list[dict]) -> str:
+    if not skipped:
+        return f"no images found in {images}: the folder is empty (indexed types: {' '.join(IMAGE_EXTENSIONS)})"
+    return (f"no images found in {images}: {len(skipped)} file(s), none of an indexed type "
+            f"({' '.join(IMAGE_EXTENSIONS)}): {_summarize(skipped)}")

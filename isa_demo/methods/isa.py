@@ -1,0 +1,38 @@
+"""ISA (METHOD.md 3): light query encoder -> pseudo sentence S; ``a photo of S that {modifier}``."""
+from __future__ import annotations
+
+import torch
+
+from ..encoders import SYMMETRIC, QueryEncoder, shipped_checkpoint
+from .base import PROMPT, Method, clean_modifier
+
+
+class ISA(Method):
+    def __init__(self, vl, backbone: str = "mobilenetv3_small_100", checkpoint=None, **_):
+        super().__init__(vl)
+        path = checkpoint or shipped_checkpoint(backbone)
+        self.encoder = QueryEncoder.load(path, vl, backbone=None if checkpoint else backbone)
+        self.backbone = self.encoder.cfg.backbone
+        self.name = "isa-symmetric" if self.backbone == SYMMETRIC else "isa"
+
+    # the two stages, separately timed by the app and the efficiency benchmark
+    def encode_reference(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query image encoder (backbone + token learner): pseudo sentence and attention maps."""
+        return self.encoder(self.encoder.preprocess(images))
+
+    def compose(self, sentences: torch.Tensor, modifiers: list[str]) -> torch.Tensor:
+        """Text encoder: the frozen VL text tower on ``a photo of S that {modifier}``."""
+        return self.vl.encode_with_pseudo_tokens([PROMPT.format(modifier=m) for m in modifiers], sentences)
+
+    def _encode(self, images, modifiers):
+        sentences, _ = self.encode_reference(images)
+        return self.compose(sentences, modifiers)
+
+    @torch.no_grad()
+    def explain(self, image, modifier: str) -> dict:
+        sentences, maps = self.encode_reference([image])
+        return {"pseudo_words": self.vl.nearest_words(sentences[0]), "attention": maps[0].cpu().numpy(),
+                "prompt": PROMPT.format(modifier=clean_modifier(modifier)).replace("*", "S")}
+
+    def identity(self) -> dict:
+        return {**super().identity(), "backbone": self.backbone, "num_tokens": self.encoder.cfg.num_tokens}

@@ -1,0 +1,37 @@
+"""Caption <-> image retrieval of a VL model on the world (scene level: any image or caption
+with the same scene graph counts as a hit)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..world import World
+from .model import VLModel
+
+
+def _recall(scores: torch.Tensor, positives: list[set[int]], ks=(1, 5, 10)) -> dict:
+    top = scores.topk(max(ks), dim=1).indices.cpu().numpy()
+    hits = {k: np.mean([bool(positives[i] & set(top[i, :k].tolist())) for i in range(len(positives))]) for k in ks}
+    return {f"R@{k}": float(v) for k, v in hits.items()}
+
+
+@torch.no_grad()
+def evaluate_vl(vl: VLModel, world: World, split: str = "test", batch_size: int = 256) -> pd.DataFrame:
+    recs = world.records(split)
+    arr = world.image_array(split, vl.image_size)
+    img = torch.cat([vl.encode_image_tensor(vl.uint8_to_tensor(arr[i:i + batch_size]))
+                     for i in range(0, len(recs), batch_size)])
+    keys = sorted({r["key"] for r in recs})
+    key_idx = {k: i for i, k in enumerate(keys)}
+    captions = {r["key"]: r["caption"] for r in recs}
+    txt = vl.encode_texts([captions[k] for k in keys])
+    images_of = [set() for _ in keys]
+    for i, r in enumerate(recs):
+        images_of[key_idx[r["key"]]].add(i)
+    c2i = _recall(txt @ img.T, images_of)
+    i2c = _recall(img @ txt.T, [{key_idx[r["key"]]} for r in recs])
+    return pd.DataFrame([
+        {"model": vl.name, "split": split, "direction": "caption->image", "queries": len(keys), "gallery": len(recs), **c2i},
+        {"model": vl.name, "split": split, "direction": "image->caption", "queries": len(recs), "gallery": len(keys), **i2c},
+    ])

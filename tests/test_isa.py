@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from isa_demo.encoders import (SYMMETRIC, AdaptiveTokenLearner, BackboneError, CheckpointError, EncoderConfig,
+                               QueryEncoder, check_backbone_name)
+from isa_demo.methods import QueryError, create_method
+from isa_demo.training.isa import lar_late, lar_vocab, train_isa
+from isa_demo.vl import load_vl
+from isa_demo.vl.train import export_safetensors
+
+
+def test_atl_shapes_and_maps():
+    atl = AdaptiveTokenLearner(in_channels=16, word_dim=24, num_tokens=3, dim=32, heads=4, grid=4)
+    words, maps = atl(torch.randn(2, 16, 5, 5))  # another grid than the positional table: interpolated
+    assert words.shape == (2, 3, 24) and maps.shape == (2, 3, 5, 5)
+    torch.testing.assert_close(maps.sum(dim=(-1, -2)), torch.ones(2, 3))
+
+
+def test_unknown_backbone_lists_close_names():
+    with pytest.raises(BackboneError, match="close names: mobilenetv3_small_100"):
+        check_backbone_name("mobilenetv3_smal_100")
+
+
+def test_lite0_loads_real_imagenet_weights():
+    from isa_demo.encoders import create_backbone
+
+    model, info = create_backbone("tf_efficientnet_lite0")
+    assert info["imagenet"] and info["mean"] == [0.5, 0.5, 0.5]
+    other, _ = create_backbone("tf_efficientnet_lite0", imagenet=False)
+    assert not torch.equal(model.conv_stem.weight, other.conv_stem.weight)
+
+
+def test_lar_losses():
+    h = torch.randn(4, 2, 8)
+    p = torch.nn.functional.normalize(torch.randn(4, 5, 8), dim=-1)
+    assert lar_late(h, p, 0.1).ndim == 0
+    vocab = torch.randn(10, 8)
+    assert lar_vocab(vocab[:3], vocab).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, tiny_vl):
+    path = tmp_path_factory.mktemp("vl") / "tiny.safetensors"
+    export_safetensors(tiny_vl.model, path, "isa-test-tiny", {})
+    return str(path)
+
+
+@pytest.mark.parametrize("backbone,lar", [("mobilenetv3_small_100", "late"), (SYMMETRIC, "vocab")])
+def test_train_save_load_compose(small_world, tiny_ckpt, tmp_path, backbone, lar):
+    out = train_isa(str(small_world), backbone, out=str(tmp_path / "enc.safetensors"), num_tokens=2, steps=2,
+                    batch_size=8, images=32, lar=lar, state_path=str(tmp_path / "s.pt"), device="cpu",
+                    vl_name="isa-test-tiny", vl_pretrained=tiny_ckpt)
+    vl = load_vl("isa-test-tiny", tiny_ckpt, device="cpu")
+    method = create_method("isa", vl, backbone=backbone, checkpoint=str(out))
+    ref = sorted((small_world / "images" / "test").glob("*.png"))[0]
+    q = method.encode_queries([ref, ref], ["make the circle red", "remove the star"])
+    assert q.shape == (2, vl.embed_dim)
+    torch.testing.assert_close(q.norm(dim=-1), torch.ones(2))
+    assert not torch.allclose(q[0], q[1])
+    ex = method.explain(ref, "make the circle red")
+    assert len(ex["pseudo_words"]) == 2 and ex["attention"].shape[0] == 2
+    with pytest.raises(QueryError, match="empty"):
+        method.encode_queries([ref], ["   "])
+    # refusals name what was expected and what was found
+    with pytest.raises(CheckpointError, match="expected a checkpoint for backbone 'resnet18', found"):
+        QueryEncoder.load(out, vl, backbone="resnet18")
+    with pytest.raises(CheckpointError, match="expected L=8 pseudo tokens, found L=2"):
+        QueryEncoder.load(out, vl, num_tokens=8)
+    other_vl = load_vl("isa-test-tiny", None, device="cpu")
+    with pytest.raises(CheckpointError, match="trained for VL model isa-test-tiny"):
+        QueryEncoder.load(out, other_vl)
+
+
+def test_symmetric_needs_vl():
+    with pytest.raises(ValueError, match="needs the VL model"):
+        QueryEncoder(EncoderConfig(backbone=SYMMETRIC, word_dim=8))

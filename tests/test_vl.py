@@ -1,0 +1,101 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from isa_demo.vl import VLLoadError, load_vl
+from isa_demo.vl.train import export_safetensors
+
+PROMPTS = ["a photo of * that make the circle red", "a photo of *", "* on a grey background"]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vl", "tiny_vl_custom"])
+def test_pseudo_tokens_match_encode_text(fixture, request):
+    vl = request.getfixturevalue(fixture)
+    ids = vl.tokenize(PROMPTS)
+    ref = vl.model.encode_text(ids)
+    star = vl.placeholder_embedding().view(1, 1, -1).expand(len(PROMPTS), 1, -1)
+    out = vl.encode_with_pseudo_tokens(PROMPTS, star)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    # trimmed plain-text path agrees with open_clip too
+    torch.testing.assert_close(vl.encode_text_tokens(ids), F.normalize(ref, dim=-1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vl", "tiny_vl_custom"])
+def test_multi_token_injection_equals_real_words(fixture, request):
+    """Injecting the embeddings of 'red circle' as L=2 pseudo tokens == encoding the words."""
+    vl = request.getfixturevalue(fixture)
+    words = vl.tokenize(["red circle"])[0, 1:3]
+    emb = vl.text.token_embedding.weight[words].unsqueeze(0)
+    out = vl.encode_with_pseudo_tokens(["a photo of * on a grey background"], emb)
+    ref = vl.model.encode_text(vl.tokenize(["a photo of red circle on a grey background"]))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_reach_pseudo_tokens(tiny_vl):
+    s = torch.randn(2, 3, tiny_vl.word_dim, requires_grad=True)
+    feats, tokens = tiny_vl.encode_with_pseudo_tokens(["a photo of *", "a photo of * that x"], s, return_tokens=True)
+    assert feats.shape == (2, tiny_vl.embed_dim) and tokens.shape == (2, 3, tiny_vl.embed_dim)
+    (feats.sum() + tokens.sum()).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_long_modifier_keeps_end_of_text(tiny_vl):
+    long = "a photo of * that " + "make the circle red and " * 40
+    s = torch.randn(1, 8, tiny_vl.word_dim)
+    out = tiny_vl.encode_with_pseudo_tokens([long], s)
+    assert torch.isfinite(out).all()
+
+
+def test_missing_placeholder_is_an_error(tiny_vl):
+    with pytest.raises(ValueError, match="placeholder"):
+        tiny_vl.encode_with_pseudo_tokens(["no star here"], torch.randn(1, 1, tiny_vl.word_dim))
+
+
+def test_images_and_local_features(tiny_vl, small_world):
+    paths = sorted((small_world / "images" / "test").glob("*.png"))[:3]
+    g = tiny_vl.encode_images(paths)
+    assert g.shape == (3, tiny_vl.embed_dim)
+    torch.testing.assert_close(g.norm(dim=-1), torch.ones(3))
+    pooled, local = tiny_vl.encode_image_local(tiny_vl.images_to_tensor(paths))
+    torch.testing.assert_close(pooled, g, rtol=1e-4, atol=1e-5)
+    assert local.shape == (3, (32 // 8) ** 2, tiny_vl.embed_dim)
+
+
+def test_checkpoint_round_trip_and_mismatch(tiny_vl, tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    export_safetensors(tiny_vl.model, path, "isa-test-tiny", {"note": "test"})
+    vl2 = load_vl("isa-test-tiny", str(path), device="cpu")
+    assert vl2.identity()["checkpoint_sha256"] and vl2.identity()["name"] == "isa-test-tiny"
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(vl2.encode_image_tensor(x), tiny_vl.encode_image_tensor(x), rtol=2e-2, atol=2e-3)
+    with pytest.raises(VLLoadError, match="saved for model 'isa-test-tiny'.*'isa-test-tiny-custom'"):
+        load_vl("isa-test-tiny-custom", str(path), device="cpu")
+
+
+def test_unknown_model_and_missing_file():
+    with pytest.raises(VLLoadError, match="unknown open_clip model"):
+        load_vl("no-such-model", None, device="cpu")
+    with pytest.raises(VLLoadError, match="not found"):
+        load_vl("isa-test-tiny", "/nonexistent/ckpt.safetensors", device="cpu")
+
+
+def test_vl_training_runs_and_resumes(small_world, tmp_path):
+    from isa_demo.vl.train import train_vl
+
+    out = train_vl(str(small_world), out=str(tmp_path / "m.safetensors"), name="isa-test-tiny", epochs=0.2,
+                   batch_size=32, state_path=str(tmp_path / "state.pt"), device="cpu", save_every=1)
+    assert out.exists() and (tmp_path / "state.pt").exists()
+    # rerun: already at the last step, exports again without training
+    train_vl(str(small_world), out=str(tmp_path / "m.safetensors"), name="isa-test-tiny", epochs=0.2,
+             batch_size=32, state_path=str(tmp_path / "state.pt"), device="cpu")
+    load_vl("isa-test-tiny", str(out), device="cpu")
+
+
+def test_vl_retrieval_table(tiny_vl, small_world):
+    from isa_demo.vl.evaluate import evaluate_vl
+    from isa_demo.world import World
+
+    df = evaluate_vl(tiny_vl, World(small_world), "test")
+    assert list(df["direction"]) == ["caption->image", "image->caption"]
+    assert ((df[["R@1", "R@5", "R@10"]] >= 0) & (df[["R@1", "R@5", "R@10"]] <= 1)).all().all()
+    assert (df["R@1"] <= df["R@10"]).all()
