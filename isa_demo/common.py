@@ -103,12 +103,9 @@ def load_image(source: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     return img.convert("RGB")
 
 
-def provenance() -> dict:
-    """Command, machine and date, recorded beside every results table."""
+def machine_info() -> dict:
+    """Where a number was measured: platform, CPU model, cores, torch, accelerator."""
     import platform
-    import shlex
-    import sys
-    import time
 
     import torch
 
@@ -118,10 +115,22 @@ def provenance() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": gpu}
+
+
+def provenance() -> dict:
+    """Command, machine and date, recorded beside every results table."""
+    import shlex
+    import sys
+    import time
+
+    m = machine_info()
     return {"command": "python -m isa_demo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            "machine": f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-                       f"gpu {gpu}",
+            "machine": f"{m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, threads {m['torch_threads']}, "
+                       f"gpu {m['gpu'] or 'none'}",
             "date": time.strftime("%Y-%m-%d")}
 
 

@@ -68,3 +68,16 @@ def test_cli_plot_writes_html(results, tmp_path, capsys):
     assert main(["bench", "plot", "--results", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "bench accuracy" in capsys.readouterr().err
     assert write_figures({}, tmp_path / "empty.html")[0].exists()
+
+
+def test_cli_plot_writes_png(results, tmp_path):
+    pytest.importorskip("kaleido")
+    import shutil
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")):
+        pytest.skip("PNG export needs a Chrome/Chromium for kaleido")
+    out = tmp_path / "acc.png"
+    assert main(["bench", "plot", "--results", str(results), "--out", str(out)]) == 0
+    pngs = sorted(tmp_path.glob("acc_*.png"))
+    assert [p.name for p in pngs] == ["acc_cpu_ms_p50.png", "acc_gflops.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)

@@ -74,3 +74,27 @@ def test_train_save_load_compose(small_world, tiny_ckpt, tmp_path, backbone, lar
 def test_symmetric_needs_vl():
     with pytest.raises(ValueError, match="needs the VL model"):
         QueryEncoder(EncoderConfig(backbone=SYMMETRIC, word_dim=8))
+
+
+def test_checkpoint_storage_round_trip(tmp_path):
+    """int8 per output channel for large weights, fp16 for the rest: within half a quantization
+    step of the original, and a fraction of the fp16 size."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from isa_demo.encoders.query_encoder import pack_state, unpack_state
+
+    enc = QueryEncoder(EncoderConfig(backbone="resnet18", word_dim=24), imagenet_init=False)
+    state = enc.state_dict()
+    packed = pack_state(state)
+    w = state["backbone.layer4.1.conv2.weight"]
+    assert packed["backbone.layer4.1.conv2.weight"].dtype == torch.int8
+    assert packed["atl.norm.weight"].dtype == torch.float16  # small tensors stay fp16
+    back = unpack_state(packed)
+    assert set(back) == set(state)
+    step = w.abs().amax(dim=(1, 2, 3)) / 127
+    assert ((back["backbone.layer4.1.conv2.weight"] - w).abs() <= step.view(-1, 1, 1, 1) / 2 + 1e-7).all()
+    save_file(packed, str(tmp_path / "int8.safetensors"))
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(tmp_path / "fp16.safetensors"))
+    assert os.path.getsize(tmp_path / "int8.safetensors") < 0.55 * os.path.getsize(tmp_path / "fp16.safetensors")

@@ -30,7 +30,7 @@ def _specs(backbones: list[str], settings: list[str]) -> list[dict]:
     specs = []
     if "world" in settings:
         for b in backbones:
-            specs.append({"setting": "world", "method": "isa", "backbone": b, "stage": STAGE_IMAGE, "size": 128})
+            specs.append({"setting": "world", "method": "isa", "backbone": b, "stage": STAGE_IMAGE, "size": 96})
         specs.append({"setting": "world", "method": "isa-symmetric", "backbone": "symmetric", "stage": STAGE_IMAGE})
         specs.append({"setting": "world", "method": "vl-image-tower", "backbone": None, "stage": STAGE_IMAGE})
         specs.append({"setting": "world", "method": "vl-text-tower", "backbone": None, "stage": STAGE_TEXT})
@@ -89,7 +89,7 @@ def _build(spec: dict, device: str):
         x = torch.randn(1, 3, vl.image_size, vl.image_size, device=device)
         return (lambda: vl.model.encode_image(x)), sum(p.numel() for p in vl.model.visual.parameters())
     cfg = EncoderConfig(backbone=spec["backbone"], word_dim=spec.get("word_dim", vl.word_dim),
-                        image_size=spec.get("size", 128))
+                        image_size=spec.get("size", 96))
     enc = QueryEncoder(cfg, vl=vl, imagenet_init=False).to(device).eval()
     size = vl.image_size if spec["backbone"] == "symmetric" else cfg.image_size
     x = torch.randn(1, 3, size, size, device=device)
@@ -207,4 +207,8 @@ def _bench(args) -> int:
     if args.out:
         write_table(df, args.out)
         print(f"wrote {args.out}")
+        if not summary.empty:
+            target = args.out[:-len(".csv")] + "_target.csv" if args.out.endswith(".csv") else args.out + ".target"
+            write_table(summary, target)
+            print(f"wrote {target}")
     return 0

@@ -27,7 +27,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..common import atomic_path, write_json
+from ..common import atomic_path, machine_info, write_json
 from . import metrics as M
 from .datasets import Benchmark, load_benchmarks
 from .submission import CIRR_SUBSET_TOP, CIRR_TOP, write_circo_submission, write_cirr_submission
@@ -107,20 +106,6 @@ def read_per_query(path: str | os.PathLike) -> pd.DataFrame:
                 df[col] = df[col].map(json.loads)
         return df
     return pd.read_parquet(path)
-
-
-def machine_info() -> dict[str, Any]:
-    """Where a number was measured: platform, CPU model, cores, torch, accelerator."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": gpu}
 
 
 def now_utc() -> str:

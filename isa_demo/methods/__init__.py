@@ -14,7 +14,23 @@ METHODS: dict[str, Callable[..., Method]] = {
     "image-only": lambda vl, **kw: ImageOnly(vl),
     "text-only": lambda vl, **kw: TextOnly(vl),
     "sum": lambda vl, **kw: Sum(vl),
+    "isa": lambda vl, backbone="mobilenetv3_small_100", checkpoint=None, **kw: _isa(vl, backbone, checkpoint),
+    "isa-symmetric": lambda vl, checkpoint=None, **kw: _isa(vl, "symmetric", checkpoint),
+    "masked-ti": lambda vl, checkpoint=None, **kw: _masked_ti(vl, "masked-ti", checkpoint),
+    "single-token": lambda vl, checkpoint=None, **kw: _masked_ti(vl, "single-token", checkpoint),
 }
+
+
+def _isa(vl, backbone, checkpoint):
+    from .isa import ISA
+
+    return ISA(vl, backbone=backbone or "mobilenetv3_small_100", checkpoint=checkpoint)
+
+
+def _masked_ti(vl, name, checkpoint):
+    from .masked_ti import MaskedTI, SingleToken
+
+    return (SingleToken if name == "single-token" else MaskedTI)(vl, checkpoint=checkpoint)
 
 
 def create_method(name: str, vl, **kwargs) -> Method:
@@ -23,4 +39,19 @@ def create_method(name: str, vl, **kwargs) -> Method:
     return METHODS[name](vl, **kwargs)
 
 
-__all__ = ["METHODS", "PROMPT", "Method", "QueryError", "clean_modifier", "create_method", "caption_oracle"]
+def shipped_variants() -> list[dict]:
+    """Every method/backbone the project ships, as ``create_method`` arguments:
+    ``{"method": name, "backbone": str | None, "checkpoint": path | None}``. ``bench accuracy``
+    evaluates exactly these (plus the caption oracle)."""
+    from ..encoders import SHIPPED_BACKBONES, SYMMETRIC, shipped_checkpoint
+    from .masked_ti import shipped_variants as masked_ti_variants
+
+    out = [{"method": name, "backbone": None, "checkpoint": None} for name in ("image-only", "text-only", "sum")]
+    for b in SHIPPED_BACKBONES + [SYMMETRIC]:
+        if shipped_checkpoint(b).exists():
+            out.append({"method": "isa-symmetric" if b == SYMMETRIC else "isa", "backbone": b, "checkpoint": None})
+    return out + masked_ti_variants()
+
+
+__all__ = ["METHODS", "PROMPT", "Method", "QueryError", "clean_modifier", "create_method", "caption_oracle",
+           "shipped_variants"]

@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--images", type=int, default=20000, help="number of unlabeled train images used")
+    p.add_argument("--image-size", type=int, default=96,
+                   help="light backbone input size (the world's images are 128 px, the VL tower sees 96 px)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="checkpoint (default: assets/checkpoints/isa/BACKBONE.safetensors)")
     p.add_argument("--state", default=None, help="resumable state file (default: runs/isa/...)")
@@ -30,6 +32,6 @@ def _train(args) -> int:
 
     train_isa(args.world, args.backbone, out=args.out, num_tokens=args.num_tokens, steps=args.steps,
               batch_size=args.batch_size, lr=args.lr, lar=args.lar, lar_weight=args.lar_weight, tau=args.tau,
-              images=args.images, seed=args.seed, state_path=args.state, device=args.device,
+              images=args.images, image_size=args.image_size, seed=args.seed, state_path=args.state, device=args.device,
               vl_name=args.vl_model, vl_pretrained=args.vl_pretrained)
     return 0

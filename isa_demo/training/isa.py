@@ -79,7 +79,7 @@ def lar_vocab(words: torch.Tensor, vocab_emb: torch.Tensor) -> torch.Tensor:
 
 def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int = 4, steps: int = 1500,
               batch_size: int = 64, lr: float = 1e-3, lar: str = "late", lar_weight: float = 0.5, tau: float = 0.05,
-              images: int = 20000, seed: int = 0, state_path: str | None = None, device: str | None = None,
+              images: int = 20000, image_size: int = 96, seed: int = 0, state_path: str | None = None, device: str | None = None,
               vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100) -> Path:
     check_backbone_name(backbone)
     if lar not in ("late", "vocab", "none"):
@@ -90,14 +90,15 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     w = World(world)
     n = min(images, len(w.records("train")))
     g_all, loc_all = cached_vl_features(vl, w, n)
-    enc = QueryEncoder(EncoderConfig(backbone=backbone, num_tokens=num_tokens, word_dim=vl.word_dim), vl=vl).to(device)
+    enc = QueryEncoder(EncoderConfig(backbone=backbone, num_tokens=num_tokens, word_dim=vl.word_dim,
+                                     image_size=image_size), vl=vl).to(device)
     student = None if backbone == SYMMETRIC else w.image_array("train", enc.cfg.image_size)
     vocab_emb = vl.text.token_embedding.weight[learned_vocab(vl, w)].detach() if lar == "vocab" else None
 
     params = [p for p in enc.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = cosine_schedule(opt, warmup=min(100, steps // 10 + 1), total=steps)
-    tag = f"{backbone}_L{num_tokens}_{lar}"
+    tag = f"{backbone}_L{num_tokens}_{lar}_{steps}"
     state_path = Path(state_path or Path("runs") / "isa" / f"{tag}.state.pt")
     step, extra = load_state(state_path, enc, opt, sched)
     out = Path(out) if out else shipped_checkpoint(backbone)

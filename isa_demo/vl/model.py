@@ -223,7 +223,12 @@ class VLModel:
 
     def nearest_words(self, vectors: torch.Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
         """Decode pseudo-word vectors ``(L, d_w)`` into their nearest vocabulary tokens (cosine)."""
-        table = F.normalize(self.text.token_embedding.weight.float(), dim=-1)
+        weight = self.text.token_embedding.weight
+        key = (weight.data_ptr(), weight._version)
+        if getattr(self, "_word_table_key", None) != key:  # normalized once, not on every query
+            self._word_table = F.normalize(weight.detach().float(), dim=-1)
+            self._word_table_key = key
+        table = self._word_table
         sims = F.normalize(vectors.float().to(table.device), dim=-1) @ table.T
         top = sims.topk(k, dim=-1)
         dec = getattr(self.tokenizer, "decoder", None)

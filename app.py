@@ -1,0 +1,8 @@
+"""The isa-demo Gradio app: ``python app.py [--host --port --share --index PATH --model NAME --pretrained TAG]``.
+
+Thin on purpose: everything lives in :mod:`isa_demo.app` (service layer, layout, command line).
+"""
+from isa_demo.app.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""``python app.py`` / ``python -m isa_demo app``: serve the demo; ``python -m isa_demo bench app``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline demo
+
+DEFAULT_CONCURRENCY = 4
+MAX_UPLOAD = "25mb"
+
+
+def add_app_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="interface to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
+    p.add_argument("--index", default=None, metavar="PATH",
+                   help="a gallery index made by `python -m isa_demo index build` (default: the built-in world's "
+                        "test images)")
+    p.add_argument("--model", default=None, help="open_clip model name of the VL model (default: isa-world-vit)")
+    p.add_argument("--pretrained", default="builtin",
+                   help="open_clip tag, checkpoint path, 'builtin' (default) or 'none' (random weights)")
+    p.add_argument("--world", default=None, metavar="DIR", help="built world for examples and the inspector "
+                                                                 "(default: data/world)")
+    p.add_argument("--results", default=None, metavar="DIR", help="results tables (default: assets/results)")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                   help=f"queries run at once (queue default_concurrency_limit, default {DEFAULT_CONCURRENCY})")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting at most (further ones are refused)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+
+
+def build_demo(service, concurrency: int = DEFAULT_CONCURRENCY, max_queue: int = 256):
+    import gradio as gr
+
+    from .ui import build_ui
+
+    demo = build_ui(service)
+    demo.queue(default_concurrency_limit=max(1, int(concurrency)), max_size=max_queue)
+    gr.set_static_paths(service.allowed_paths())  # served in place, never copied into the cache
+    return demo
+
+
+def launch(demo, service, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
+           block: bool = True, quiet: bool = False):
+    """Start the server; serves files only from the gallery, the world's test images and the
+    app's own assets (``service.allowed_paths()``)."""
+    from .ui import CSS
+
+    return demo.launch(server_name=host, server_port=port, share=share, allowed_paths=service.allowed_paths(),
+                       max_file_size=MAX_UPLOAD, show_error=False, prevent_thread_lock=not block, quiet=quiet,
+                       css=CSS, footer_links=["api"], ssr_mode=False, run_history=False)
+
+
+def _faiss_single_thread() -> None:
+    # one query at a time: OpenMP fan-out costs more than it saves and fights concurrent requests
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except Exception:
+        pass
+
+
+def serve(args) -> int:
+    t0 = time.perf_counter()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit (atexit cleanup) on terminate
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    _faiss_single_thread()
+    from .service import RESULTS_DIR, WORLD_DIR, load_service
+
+    print("loading the VL model and the gallery ...", file=sys.stderr)
+    try:
+        service = load_service(args.model, args.pretrained, args.index, args.world or WORLD_DIR,
+                               args.results or RESULTS_DIR, device=args.device)
+    except Exception as e:  # a missing checkpoint / index / incompatible model: say it in one line
+        print(f"cannot start the demo: {e}", file=sys.stderr)
+        return 2
+    service.warm_up()
+    demo = build_demo(service, args.concurrency, args.max_queue)
+    print(f"ready in {time.perf_counter() - t0:.1f} s: {len(service.gallery):,} gallery images, methods "
+          f"{', '.join(service.method_choices())}", file=sys.stderr)
+    launch(demo, service, args.host, args.port, args.share, block=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="app.py", description="The isa-demo Gradio app (composed image retrieval).")
+    add_app_args(p)
+    return serve(p.parse_args(argv))
+
+
+def register_command(top) -> None:
+    """``python -m isa_demo app ...`` (same flags as ``python app.py``)."""
+    p = top.add_parser("app", help="serve the Gradio demo", description="Serve the Gradio demo (same as app.py).")
+    add_app_args(p)
+    p.set_defaults(func=serve)
+
+
+def register_bench(sub) -> None:
+    """``python -m isa_demo bench app``."""
+    from .bench import add_bench_args, run_bench_cli
+
+    p = sub.add_parser("app", help="end-to-end latency of the demo through its HTTP API",
+                       description="Start `python app.py` (cold start to a serving page, seconds), then time "
+                                   "composed queries through the HTTP API with gradio_client: sequential p50/p99 and "
+                                   "N concurrent clients x M queries each (errors, p50/p99). Writes "
+                                   "assets/results/app.csv.")
+    add_bench_args(p)
+    p.set_defaults(func=run_bench_cli)

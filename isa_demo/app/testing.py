@@ -1,0 +1,90 @@
+"""A small, self-contained demo for tests: a tiny random VL model's service over a small world,
+with random-weight ISA and masked-pair checkpoints and hand-made results tables, and a helper to
+serve it on 127.0.0.1 in a background thread."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from .service import DemoService
+
+TINY_BACKBONE = "mobilenetv3_small_100"
+
+
+def write_fake_checkpoints(vl, out: str | os.PathLike, num_tokens: int = 3) -> list[dict]:
+    """Random-weight ISA (``mobilenetv3_small_100``) and masked-ti checkpoints for ``vl``."""
+    from ..encoders import EncoderConfig, QueryEncoder
+    from ..methods.masked_ti import Phi, save_phi
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    isa = out / f"{TINY_BACKBONE}.safetensors"
+    if not isa.exists():
+        enc = QueryEncoder(EncoderConfig(backbone=TINY_BACKBONE, word_dim=vl.word_dim, num_tokens=num_tokens),
+                           imagenet_init=False)
+        enc.save(isa, vl.identity())
+    phi = out / "masked-ti.safetensors"
+    if not phi.exists():
+        save_phi(phi, Phi.for_vl(vl), vl.identity(), {"method": "masked-ti"})
+    return [{"method": "isa", "backbone": TINY_BACKBONE, "checkpoint": str(isa)},
+            {"method": "masked-ti", "backbone": None, "checkpoint": str(phi)}]
+
+
+def write_fake_results(vl, world_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """``accuracy.csv`` + ``efficiency.csv`` (made-up numbers) and the real per-query table of the
+    ``sum`` baseline on the world's test split."""
+    import pandas as pd
+
+    from ..evaluation import evaluate
+    from ..methods import create_method
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([
+        {"method": "image-only", "backbone": None, "R@1": 5.0},
+        {"method": "sum", "backbone": None, "R@1": 12.0},
+        {"method": "isa", "backbone": TINY_BACKBONE, "R@1": 30.0},
+        {"method": "isa", "backbone": "efficientnet_b0", "R@1": 33.0},
+        {"method": "caption-oracle", "backbone": None, "R@1": 60.0},
+    ]).to_csv(out / "accuracy.csv", index=False)
+    rows = []
+    for method, backbone, gflops, ms in [("vl-image-tower", "", 1.5, 9.0), ("sum", "", 1.5, 9.5),
+                                         ("isa", TINY_BACKBONE, 0.06, 2.0), ("isa", "efficientnet_b0", 0.4, 6.0)]:
+        for stage, scale in (("query_image_encoder", 1.0), ("text_encoder", 3.0)):
+            rows.append({"model": f"{method}:{backbone}", "method": method, "backbone": backbone or None,
+                         "setting": "world", "stage": stage, "params": 1e6, "gflops": gflops * scale,
+                         "cpu_ms_p50": ms * scale, "gpu_ms_p50": 0.5, "peak_mem_mb": 10.0})
+    pd.DataFrame(rows).to_csv(out / "efficiency.csv", index=False)
+    evaluate("world", world_dir, "test", create_method("sum", vl), out=out, progress=False)
+    return out
+
+
+def tiny_service(vl, world_dir: str | os.PathLike, work: str | os.PathLike, results: bool = True) -> DemoService:
+    """The demo service over ``world_dir``'s test split for ``vl``, everything else under ``work``."""
+    from ..index import default_gallery
+    from ..world import World
+
+    work = Path(work)
+    world = World(world_dir)
+    gallery = default_gallery(vl, world_dir=world_dir, size=world.meta["size"], seed=world.meta["seed"],
+                              index_dir=work / "gallery")
+    variants = write_fake_checkpoints(vl, work / "checkpoints")
+    res = write_fake_results(vl, world_dir, work / "results") if results else work / "no-results"
+    return DemoService(vl, gallery, world, results_dir=res, variants=variants, gallery_label="the small test world")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(service: DemoService, concurrency: int = 2):
+    """Launch the demo on 127.0.0.1 without blocking; returns ``(demo, url)``; ``demo.close()`` stops it."""
+    from .cli import build_demo, launch
+
+    demo = build_demo(service, concurrency)
+    port = free_port()
+    launch(demo, service, "127.0.0.1", port, block=False, quiet=True)
+    return demo, f"http://127.0.0.1:{port}/"

@@ -1,0 +1,437 @@
+"""The demo's service layer (pure python) and its HTTP API, on the tiny random model + small world."""
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from isa_demo.app.service import MAX_K, DemoService, InputError, build_variants
+from isa_demo.app.testing import TINY_BACKBONE, tiny_service
+
+
+@pytest.fixture(scope="session")
+def service(tiny_vl, small_world, tmp_path_factory):
+    return tiny_service(tiny_vl, small_world, tmp_path_factory.mktemp("app"))
+
+
+@pytest.fixture(scope="session")
+def example(service):
+    ex = service.example_queries(8)
+    assert len(ex) == 8 and {"image", "modifier", "mod_type"} <= set(ex[0])
+    return ex[0]
+
+
+@pytest.fixture
+def upload(tmp_path):
+    """Write a PIL image (or raw bytes) the way a browser upload arrives: a file path."""
+    def write(img, name="up.png", **save):
+        path = tmp_path / name
+        if isinstance(img, bytes):
+            path.write_bytes(img)
+        else:
+            img.save(path, **save)
+        return str(path)
+    return write
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` (a decompression bomb, cheaply)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then length + b"IHDR"
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[12:ihdr + 13])))
+    return bytes(data)
+
+
+@pytest.fixture(scope="session")
+def giant_png(tmp_path_factory):
+    """A real, valid 20000 x 20000 greyscale PNG (~0.5 MB on disk, 400 M pixels), written row by
+    row so that making it costs no memory."""
+    path = tmp_path_factory.mktemp("giant") / "giant.png"
+    w = h = 20000
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp = zlib.compressobj(6)
+    row = b"\x00" + b"\x80" * w
+    idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------ choices
+def test_variants_and_choices(service):
+    assert service.method_choices() == ["image-only", "text-only", "sum", "isa", "masked-ti"]
+    assert service.all_backbones() == [TINY_BACKBONE]
+    assert service.default_method() == "isa" and service.default_backbone() == TINY_BACKBONE
+    with pytest.raises(InputError, match="unknown method 'nope'; choose one of image-only"):
+        service.resolve("nope")
+    with pytest.raises(InputError, match="no shipped isa model with backbone 'resnet18'"):
+        service.resolve("isa", "resnet18")
+    assert service.resolve("sum", "ignored").method == "sum"
+
+
+def test_build_variants_labels():
+    vs = build_variants([
+        {"method": "isa", "backbone": "resnet18", "checkpoint": "/x/resnet18.safetensors"},
+        {"method": "isa-symmetric", "backbone": None, "checkpoint": "/x/symmetric.safetensors"},
+        {"method": "isa", "backbone": "resnet18", "checkpoint": "/x/resnet18-L1.safetensors"},
+        {"method": "masked-ti", "backbone": None, "checkpoint": "/x/masked-ti.safetensors"},
+        {"method": "masked-ti", "backbone": None, "checkpoint": "/x/masked-ti-tau0.2.safetensors"},
+        {"method": "single-token", "backbone": None, "checkpoint": "/x/single-token.safetensors"},
+    ])
+    labels = [(v.label, v.backbone_label) for v in vs]
+    assert labels[:3] == [("image-only", None), ("text-only", None), ("sum", None)]  # baselines always there
+    assert ("isa", "resnet18") in labels and ("isa", "symmetric") in labels
+    assert ("isa", "resnet18 [resnet18-L1]") in labels
+    assert ("masked-ti", None) in labels and ("masked-ti [masked-ti-tau0.2]", None) in labels
+    assert ("single-token", None) in labels
+    # the shape shipped_variants() gives: no checkpoint path, the symmetric variant as a backbone
+    vs = build_variants([{"method": "isa", "backbone": "efficientnet_b0", "checkpoint": None},
+                         {"method": "isa-symmetric", "backbone": "symmetric", "checkpoint": None}])
+    isa = [(v.method, v.backbone_label, v.create_kwargs()) for v in vs if v.label == "isa"]
+    assert isa == [("isa", "efficientnet_b0", {"backbone": "efficientnet_b0"}),
+                   ("isa-symmetric", "symmetric", {"backbone": "symmetric"})]
+
+
+def test_incompatible_checkpoint_is_not_offered(tiny_vl, service):
+    from isa_demo.vl import load_vl
+
+    other = load_vl("isa-test-tiny-custom", pretrained=None, device="cpu")
+    raw = [{"method": v.method, "backbone": v.backbone, "checkpoint": v.checkpoint} for v in service.variants]
+    s = DemoService(other, service.gallery, None, variants=raw)
+    assert "isa" not in s.method_choices() and "masked-ti" not in s.method_choices()
+    with pytest.raises(InputError, match="not available with this VL model: trained for VL model isa-test-tiny"):
+        s.resolve("isa", TINY_BACKBONE)
+
+
+# ------------------------------------------------------------------------------------ compose
+@pytest.mark.parametrize("method", ["image-only", "text-only", "sum", "isa", "masked-ti"])
+def test_compose_returns_ids_scores_timings(service, example, method):
+    r = service.compose(example["image"], example["modifier"], method, TINY_BACKBONE, k=7)
+    assert len(r.ids) == len(r.scores) == 7 == len(set(r.ids))
+    assert all(a >= b - 1e-6 for a, b in zip(r.scores, r.scores[1:]))
+    assert all(0 <= i < len(service.gallery) for i in r.ids)
+    t = r.timings_ms
+    assert {"search_ms", "total_ms"} <= set(t) and all(v >= 0 for v in t.values())
+    stages = {"isa": {"query_image_encoder_ms", "text_encoder_ms"}, "masked-ti": {"query_image_encoder_ms",
+              "text_encoder_ms"}, "sum": {"query_encoders_ms"}, "image-only": {"query_image_encoder_ms"},
+              "text-only": {"text_encoder_ms"}}[method]
+    assert stages <= set(t)
+    assert t["total_ms"] >= sum(v for k, v in t.items() if k not in ("total_ms", "explain_ms")) - 1e-3
+    js = r.to_json()
+    assert js["ids"] == r.ids and js["names"][0].startswith("test-") and "timings_ms" in js
+    if method == "isa":
+        ex = r.explanation
+        assert len(ex["pseudo_words"]) == 3 and ex["attention"].shape[0] == 3 and "S" in ex["prompt"]
+
+
+@pytest.mark.parametrize("method", ["isa", "masked-ti"])
+def test_staged_timing_path_matches_encode_queries(service, example, method):
+    """The app times the two stages itself; the features must equal the method's own."""
+    v = service.resolve(method, TINY_BACKBONE)
+    m = service.get_method(v)
+    q = m.encode_queries([example["image"]], ["make the circle red"])
+    scores, ids = service.gallery.search(q, 5)
+    r = service.compose(example["image"], "make the circle red", method, TINY_BACKBONE, k=5, exclude_reference=False)
+    assert r.ids == ids[0].tolist()
+    np.testing.assert_allclose(r.scores, scores[0], atol=1e-5)
+
+
+def test_gallery_reference_is_left_out(service, example):
+    ref_id = next(i for i, rec in enumerate(service.gallery.records) if rec["path"].endswith(
+        example["image"].split("/")[-1]))
+    r = service.compose(example["image"], example["modifier"], "image-only", k=5)
+    assert ref_id not in r.ids and r.excluded_ids == [ref_id]
+    assert any("left out" in n for n in r.notices)
+    kept = service.compose(example["image"], example["modifier"], "image-only", k=5, exclude_reference=False)
+    assert ref_id in kept.ids
+
+
+def test_methods_are_cached(service, example):
+    v = service.resolve("isa", TINY_BACKBONE)
+    assert service.get_method(v) is service.get_method(v)
+
+
+def test_compare(service, example):
+    a, b, summary = service.compare(example["image"], example["modifier"], ("isa", TINY_BACKBONE), ("sum", None), 5)
+    assert a.method == "isa" and b.method == "sum" and "of the top 5 are shared" in summary
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+def test_no_image_and_empty_modifier(service, example):
+    with pytest.raises(InputError, match="no reference image: upload or paste one"):
+        service.compose(None, "make the circle red", "isa", TINY_BACKBONE)
+    for text in ["", "   \n\t ", None, "\x00\x01"]:
+        with pytest.raises(InputError, match="the modifier text is empty"):
+            service.compose(example["image"], text, "sum")
+    # methods that ignore an input say so instead of failing
+    r = service.compose(None, "make the circle red", "text-only")
+    assert r.ids
+    r = service.compose(example["image"], "", "image-only")
+    assert r.ids
+
+
+@pytest.mark.parametrize("k", [0, MAX_K + 1, "ten"])
+def test_bad_k(service, example, k):
+    with pytest.raises(InputError, match="top-K"):
+        service.compose(example["image"], "x", "sum", k=k)
+
+
+def test_corrupt_truncated_and_non_images(service, example, upload):
+    good = open(example["image"], "rb").read()
+    cases = {
+        "truncated.png": good[: len(good) // 3],
+        "garbage.png": b"this is not an image at all",
+        "empty.png": b"",
+        "huge.png": _png_claiming(20000, 20000),
+        "wide.png": _png_claiming(20000, 2500),  # 50 M pixels: under Pillow's bomb error, over our limit
+    }
+    for name, data in cases.items():
+        with pytest.raises(InputError, match="the reference image cannot be used: ") as e:
+            service.compose(upload(data, name), "make the circle red", "isa", TINY_BACKBONE)
+        msg = str(e.value)
+        assert "Traceback" not in msg and len(msg) < 300
+        if name in ("huge.png", "wide.png"):
+            assert "too large" in msg, msg
+
+
+def test_real_20000px_image_is_refused_quickly(service, giant_png):
+    import time
+
+    t = time.perf_counter()
+    with pytest.raises(InputError, match="the reference image cannot be used: image is too large"):
+        service.compose(giant_png, "make the circle red", "isa", TINY_BACKBONE)
+    assert time.perf_counter() - t < 5  # refused from the header, never decoded
+
+
+@pytest.mark.parametrize("kind,note", [("cmyk", "CMYK"), ("16bit", "16-bit"), ("rgba", "transparent"),
+                                       ("gif", "animated"), ("grey", "greyscale"), ("tiny", None)])
+def test_unusual_images_work_with_a_note(service, example, upload, kind, note):
+    base = Image.open(example["image"]).convert("RGB")
+    if kind == "cmyk":
+        path = upload(base.convert("CMYK"), "c.jpg", format="JPEG")
+    elif kind == "16bit":
+        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        path = upload(Image.fromarray(arr), "d.png")  # uint16 -> mode I;16
+    elif kind == "rgba":
+        im = base.convert("RGBA")
+        im.putalpha(128)
+        path = upload(im, "t.png")
+    elif kind == "gif":
+        frames = [base, base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+        path = upload(frames[0], "a.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    elif kind == "grey":
+        path = upload(base.convert("L"), "g.png")
+    else:
+        path = upload(base.resize((1, 1)), "one.png")
+    r = service.compose(path, "make the circle red", "isa", TINY_BACKBONE, k=3)
+    assert len(r.ids) == 3
+    if note:
+        assert any(note in n for n in r.notices), r.notices
+
+
+def test_long_modifier_is_truncated_with_a_notice(service, example):
+    long = "make the circle red and " * 40
+    r = service.compose(example["image"], long, "isa", TINY_BACKBONE, k=3)
+    note = next(n for n in r.notices if "truncated" in n)
+    cap = service.text_capacity(service.get_method(service.resolve("isa", TINY_BACKBONE)))
+    # context minus SOT/EOT, the prompt "a photo of * that" and the L-1 extra pseudo tokens
+    assert cap == service.vl.context_length - 2 - service.count_tokens("a photo of * that") - 2
+    assert f"room for {cap}" in note and "the text encoder reads" in note
+    r = service.compose(example["image"], long, "text-only", k=3)
+    assert f"room for {service.vl.context_length - 2}" in next(n for n in r.notices if "truncated" in n)
+    r = service.compose(example["image"], "x" * 5000, "sum", k=3)
+    assert any("longer than 1000 characters" in n for n in r.notices)
+    short = service.compose(example["image"], "make the circle red", "isa", TINY_BACKBONE, k=3)
+    assert not any("truncated" in n for n in short.notices)
+
+
+@pytest.mark.parametrize("text", ["make it 🔴🔴 red 🎈", "сделай круг красным", "把圆圈变成红色",
+                                  "👍",
+                                  "ﻡﺮﺤﺑﺍ‏ circle", "cafe\u0301 z\u200bero-width"])
+def test_emoji_and_non_latin(service, example, text):
+    for method in ("isa", "text-only", "masked-ti"):
+        r = service.compose(example["image"], text, method, TINY_BACKBONE, k=3)
+        assert len(r.ids) == 3
+        assert any("non-Latin" in n for n in r.notices)
+
+
+def test_explain_failure_does_not_break_the_query(service, example, monkeypatch):
+    m = service.get_method(service.resolve("isa", TINY_BACKBONE))
+    monkeypatch.setattr(m, "explain", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    r = service.compose(example["image"], "make the circle red", "isa", TINY_BACKBONE, k=3)
+    assert r.ids and "boom" in r.explanation["error"]
+
+
+# ------------------------------------------------------------------------------------ results tabs
+def test_failure_table_filter_sort_and_detail(service):
+    shown, full = service.failure_table("sum", None, "all", "worst first")
+    assert len(shown) == len(full) > 0
+    assert list(shown.columns[:4]) == ["query_id", "mod_type", "modifier", "rank"]
+    ranks = shown["rank"].astype("float").fillna(np.inf).tolist()
+    assert ranks == sorted(ranks, reverse=True)
+    best, _ = service.failure_table("sum", None, "all", "best first")
+    assert best["rank"].astype("float").fillna(np.inf).tolist() == sorted(ranks)
+    colour, _ = service.failure_table("sum", None, "colour")
+    assert len(colour) and set(colour["mod_type"]) == {"colour"}
+    pairs, _ = service.failure_table("sum", None, "pair")
+    assert len(pairs) and all(t.startswith("pair") for t in pairs["mod_type"])
+    d = service.failure_detail(full.iloc[0].to_dict(), k=5)
+    assert d["reference"] and d["reference"].endswith(".png") and d["modifier"]
+    assert d["targets"] and all(t["path"] for t in d["targets"])
+    assert len(d["top"]) == 5 and all(t["path"] for t in d["top"])
+    assert d["rank"] is None or d["rank"] >= 1
+    if d["rank"] is not None and d["rank"] <= 5:
+        assert d["top"][d["rank"] - 1]["is_gt"]
+
+
+def test_missing_per_query_table_says_what_to_run(service):
+    with pytest.raises(InputError, match="no per-query table for isa .*bench accuracy"):
+        service.failure_table("isa", TINY_BACKBONE)
+
+
+def test_efficiency_plot_and_table(service, tmp_path):
+    fig, table, note = service.efficiency(TINY_BACKBONE, "gflops")
+    assert fig is not None and TINY_BACKBONE in note
+    assert any("highlighted" in (t.name or "") for t in fig.data)
+    assert {"method", "backbone", "R@1", "GFLOPs", "CPU ms"} <= set(table.columns)
+    fig2, _, _ = service.efficiency(None, "cpu_ms_p50")
+    assert "cpu" in fig2.layout.xaxis.title.text.lower()
+    empty = DemoService(service.vl, service.gallery, None, results_dir=tmp_path, variants=[])
+    fig, table, note = empty.efficiency(TINY_BACKBONE)
+    assert fig is None and table is None and "bench accuracy" in note
+
+
+def test_allowed_paths_are_narrow(service, small_world):
+    paths = service.allowed_paths()
+    assert str((small_world / "images" / "test").resolve()) in paths
+    assert all("images" in p or p.endswith("assets") for p in paths)
+    assert str(small_world.resolve()) not in paths and "/" not in paths
+
+
+# ------------------------------------------------------------------------------------ UI pieces
+def test_reference_image_component_passes_unreadable_files_on(tmp_path):
+    from gradio.data_classes import ImageData
+
+    from isa_demo.app.ui import ReferenceImage
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    comp = ReferenceImage(type="filepath", image_mode=None, render=False)
+    assert comp.get_block_name() == "image"
+    assert comp.preprocess(ImageData(path=str(bad), orig_name="bad.png")) == str(bad)
+    assert comp.preprocess(None) is None
+
+
+def test_viz_overlays_and_tables():
+    from isa_demo.app.viz import attention_overlays, colormap, pseudo_words_markdown, timings_markdown
+
+    assert colormap(np.array([[0.0, 1.0]])).shape == (1, 2, 3)
+    pics = attention_overlays(Image.new("RGB", (50, 30), "red"), np.random.rand(4, 4, 4), size=64)
+    assert len(pics) == 4 and pics[0].shape == (64, 64, 3) and pics[0].dtype == np.uint8
+    assert attention_overlays(Image.new("RGB", (8, 8)), np.zeros((2, 3, 3)))[0].shape == (160, 160, 3)
+    md = pseudo_words_markdown([[("red|*", 0.5), ("circle", 0.4)]], "a photo of S that x")
+    assert "red\\|\\*" in md and "| s1 |" in md
+    assert "**total (this query)** | 3.0" in timings_markdown({"total_ms": 3.0, "search_ms": 1.0})
+
+
+def test_cli_registers_app_and_bench_app():
+    from isa_demo.cli import build_parser
+
+    p = build_parser()
+    args = p.parse_args(["app", "--port", "7999", "--index", "x", "--model", "m", "--pretrained", "none"])
+    assert (args.port, args.index, args.model, args.pretrained) == (7999, "x", "m", "none")
+    args = p.parse_args(["bench", "app", "--clients", "2", "--queries", "3", "--sequential", "4"])
+    assert (args.clients, args.queries, args.sequential) == (2, 3, 4)
+
+
+# ------------------------------------------------------------------------------------ HTTP API
+@pytest.fixture(scope="module")
+def served(service):
+    from isa_demo.app.testing import serve
+
+    demo, url = serve(service)
+    yield url
+    demo.close()
+
+
+def test_http_api_compose(served, example, upload, giant_png):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False)
+    assert {"/compose", "/compare", "/variants"} <= set(client.view_api(print_info=False, return_format="dict")
+                                                         ["named_endpoints"])
+    info = client.predict(api_name="/variants")
+    assert info["backbones"] == [TINY_BACKBONE] and "isa" in info["methods"]
+    r = client.predict(handle_file(example["image"]), example["modifier"], "isa", TINY_BACKBONE, 5,
+                       api_name="/compose")
+    assert len(r["ids"]) == len(r["scores"]) == 5 and r["names"][0].startswith("test-")
+    assert {"query_image_encoder_ms", "text_encoder_ms", "search_ms", "total_ms"} <= set(r["timings_ms"])
+    both = client.predict(handle_file(example["image"]), example["modifier"], "isa", TINY_BACKBONE, "sum", None, 4,
+                          api_name="/compare")
+    assert len(both["a"]["ids"]) == len(both["b"]["ids"]) == 4
+    # bad inputs come back as the user-facing message, not a stack trace
+    with pytest.raises(Exception, match="the modifier text is empty"):
+        client.predict(handle_file(example["image"]), "  ", "isa", TINY_BACKBONE, 5, api_name="/compose")
+    bad = upload(open(example["image"], "rb").read()[:200], "cut.png")
+    with pytest.raises(Exception, match="the reference image cannot be used: not a readable image"):
+        client.predict(handle_file(bad), "make the circle red", "sum", None, 5, api_name="/compose")
+    with pytest.raises(Exception, match="image is too large"):  # gradio's own decode is bypassed
+        client.predict(handle_file(giant_png), "make the circle red", "sum", None, 5, api_name="/compose")
+    with pytest.raises(Exception, match="no reference image"):
+        client.predict(None, "make the circle red", "sum", None, 5, api_name="/compose")
+
+
+def test_http_serves_only_allowed_files(served, example):
+    import httpx
+
+    ok = httpx.get(served + "gradio_api/file=" + example["image"])
+    assert ok.status_code == 200 and ok.content[:4] == b"\x89PNG"
+    for path in ("/etc/passwd", __file__):
+        assert httpx.get(served + "gradio_api/file=" + path).status_code in (403, 404)
+
+
+def test_bench_measure_small(served, small_world):
+    from isa_demo.app.bench import measure, world_queries
+
+    rows, meta = measure(served, world_queries(small_world, 6), clients=2, per_client=2, sequential=2, warmup=1,
+                         method=None, backbone=None, k=5)
+    assert meta["method"] == "isa" and meta["backbone"] == TINY_BACKBONE and not meta["errors"]
+    by = {r["scenario"]: r for r in rows}
+    assert set(by) == {"sequential", "sequential_gradio_client", "api_floor_gradio_client", "concurrent"}
+    assert by["concurrent"]["errors"] == 0 and by["concurrent"]["queries"] == 4
+    assert by["sequential"]["p99_ms"] >= by["sequential"]["p50_ms"] > 0
+    assert by["sequential"]["server_total_ms_p50"] > 0  # the plain HTTP call got the JSON back
+
+
+def test_any_index_by_path(tiny_vl, small_world, tmp_path):
+    """``--index PATH``: a gallery built by `index build` from any folder, no world needed."""
+    import shutil
+
+    from isa_demo.app.service import load_service
+    from isa_demo.index import GalleryIndex
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i, src in enumerate(sorted((small_world / "images" / "test").glob("*.png"))[:6]):
+        shutil.copy(src, folder / ("sub" if i % 2 else "") / f"img{i}.png")
+    GalleryIndex.build(folder, tmp_path / "index", tiny_vl)
+    s = load_service("isa-test-tiny", "none", str(tmp_path / "index"), world_dir=None, results_dir=tmp_path)
+    assert len(s.gallery) == 6 and s.world is None and s.example_queries() == []
+    assert "sum" in s.method_choices() and "isa" not in s.method_choices()  # shipped ISA: another VL
+    r = s.compose(str(folder / "img0.png"), "make the circle red", "sum", k=3)
+    assert len(r.ids) == 3 and 0 not in r.ids  # the reference itself is found by content and left out
+    assert all(h.path.startswith(str(folder)) for h in r.hits)
+    assert s.allowed_paths() == [str(folder.resolve())]
+    with pytest.raises(Exception, match="built with|not comparable"):
+        from isa_demo.vl import load_vl
+
+        DemoService(load_vl("isa-test-tiny-custom", None, device="cpu"), GalleryIndex.load(
+            tmp_path / "index", expected_identity=load_vl("isa-test-tiny-custom", None, device="cpu").identity()))
