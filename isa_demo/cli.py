@@ -17,7 +17,8 @@ GROUPS = {
     "bench": ("benchmarks that print a table and write it to assets/results/",
               ["isa_demo.vl.cli:register_bench", "isa_demo.evaluation.cli",
                "isa_demo.evaluation.efficiency:register_bench", "isa_demo.training.ablation:register_bench",
-               "isa_demo.index.cli:register_bench", "isa_demo.app.cli:register_bench"]),
+               "isa_demo.index.cli:register_bench", "isa_demo.app.cli:register_bench",
+               "isa_demo.evaluation.prompts:register_bench", "isa_demo.evaluation.report:register_bench"]),
     "index": ("gallery indexes: encode an image folder into a faiss index", ["isa_demo.index.cli"]),
 }
 # commands without sub-commands: name -> module with register_command(subparsers)

@@ -224,3 +224,8 @@ def test_bench_accuracy_reports_unbuildable_variants(small_world, tiny_vl, tmp_p
                                                          "checkpoint": None}])
     assert df["method"].tolist() == ["image-only", "caption-oracle"]
     assert record["skipped"][0]["method"] == "no-such-method" and "unknown method" in record["skipped"][0]["error"]
+
+
+def test_prompt_applies_only_to_pseudo_token_methods(tiny_vl):
+    with pytest.raises(R.EvalError, match="--prompt applies to isa, isa-symmetric, masked-ti, single-token"):
+        R.build_method("image-only", tiny_vl, prompt="a photo of *")

@@ -61,6 +61,14 @@ def test_train_save_load_compose(small_world, tiny_ckpt, tmp_path, backbone, lar
     assert len(ex["pseudo_words"]) == 2 and ex["attention"].shape[0] == 2
     with pytest.raises(QueryError, match="empty"):
         method.encode_queries([ref], ["   "])
+    # another composition template; without {modifier} the modifier is dropped (the inversion alone)
+    alone = create_method("isa", vl, backbone=backbone, checkpoint=str(out), prompt="a photo of *")
+    qa = alone.encode_queries([ref, ref], ["make the circle red", "remove the star"])
+    torch.testing.assert_close(qa[0], qa[1])
+    assert alone.identity()["prompt"] == "a photo of *" and "prompt" not in method.identity()
+    assert alone.explain(ref, "x")["prompt"] == "a photo of S"
+    with pytest.raises(QueryError, match="does not read the"):
+        create_method("isa", vl, backbone=backbone, checkpoint=str(out), prompt="a photo of *, {modifier}")
     # refusals name what was expected and what was found
     with pytest.raises(CheckpointError, match="expected a checkpoint for backbone 'resnet18', found"):
         QueryEncoder.load(out, vl, backbone="resnet18")
@@ -69,6 +77,15 @@ def test_train_save_load_compose(small_world, tiny_ckpt, tmp_path, backbone, lar
     other_vl = load_vl("isa-test-tiny", None, device="cpu")
     with pytest.raises(CheckpointError, match="trained for VL model isa-test-tiny"):
         QueryEncoder.load(out, other_vl)
+
+
+@pytest.mark.parametrize("prompt", ["a photo of {modifier}", "* and * {modifier}", "a photo of * {other}",
+                                    "* {modifier} {modifier}"])
+def test_bad_prompt_template_is_refused(prompt):
+    from isa_demo.methods.base import check_prompt
+
+    with pytest.raises(QueryError, match="must contain one"):
+        check_prompt(prompt)
 
 
 def test_symmetric_needs_vl():

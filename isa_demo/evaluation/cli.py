@@ -34,6 +34,9 @@ def register_command(top) -> None:
     p.add_argument("--method", required=True, help="a registered method (isa_demo.methods) or caption-oracle")
     p.add_argument("--backbone", default=None, help="query-encoder backbone for trained methods")
     p.add_argument("--checkpoint", default=None, help="query-encoder checkpoint for trained methods")
+    p.add_argument("--prompt", default=None,
+                   help="composition template of the pseudo-token methods (default 'a photo of * that {modifier}'; "
+                        "'a photo of *' drops the modifier: how good is the inversion alone)")
     p.add_argument("--categories", nargs="+", choices=FASHIONIQ_CATEGORIES, default=None,
                    help="FashionIQ categories (default: all three)")
     p.add_argument("--image-root", default=None, help="CIRR: folder the split file's paths are relative to")
@@ -116,7 +119,7 @@ def _eval(args) -> int:
     split = args.split or DEFAULT_SPLITS[args.dataset]
     try:
         vl = _load_vl(args)
-        method = build_method(args.method, vl, args.backbone, args.checkpoint)
+        method = build_method(args.method, vl, args.backbone, args.checkpoint, args.prompt)
         report = evaluate(args.dataset, root, split, method, out=args.out or RESULTS_DIR, limit=args.limit,
                           cache_dir=args.cache_dir, top_k=args.top_k, write_submission=args.submission or None,
                           categories=args.categories, image_root=args.image_root, progress=not args.quiet,

@@ -125,13 +125,17 @@ class CaptionOracle:
         return {"method": self.name, "vl": self.vl.identity()}
 
 
-def build_method(name: str, vl, backbone: str | None = None, checkpoint: str | None = None):
+def build_method(name: str, vl, backbone: str | None = None, checkpoint: str | None = None,
+                 prompt: str | None = None):
     """A method from the registry (or the caption oracle); unset options keep their defaults."""
     if name == ORACLE:
         return CaptionOracle(vl)
-    from ..methods import create_method
+    from ..methods import PROMPT_METHODS, create_method
 
-    kwargs = {k: v for k, v in (("backbone", backbone), ("checkpoint", checkpoint)) if v is not None}
+    if prompt is not None and name not in PROMPT_METHODS:
+        raise EvalError(f"--prompt applies to {', '.join(PROMPT_METHODS)}, not to {name}")
+    kwargs = {k: v for k, v in (("backbone", backbone), ("checkpoint", checkpoint), ("prompt", prompt))
+              if v is not None}
     try:
         return create_method(name, vl, **kwargs)
     except KeyError as e:

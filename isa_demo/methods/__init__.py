@@ -14,23 +14,25 @@ METHODS: dict[str, Callable[..., Method]] = {
     "image-only": lambda vl, **kw: ImageOnly(vl),
     "text-only": lambda vl, **kw: TextOnly(vl),
     "sum": lambda vl, **kw: Sum(vl),
-    "isa": lambda vl, backbone="mobilenetv3_small_100", checkpoint=None, **kw: _isa(vl, backbone, checkpoint),
-    "isa-symmetric": lambda vl, checkpoint=None, **kw: _isa(vl, "symmetric", checkpoint),
-    "masked-ti": lambda vl, checkpoint=None, **kw: _masked_ti(vl, "masked-ti", checkpoint),
-    "single-token": lambda vl, checkpoint=None, **kw: _masked_ti(vl, "single-token", checkpoint),
+    "isa": lambda vl, backbone="mobilenetv3_small_100", checkpoint=None, prompt=PROMPT, **kw:
+        _isa(vl, backbone, checkpoint, prompt),
+    "isa-symmetric": lambda vl, checkpoint=None, prompt=PROMPT, **kw: _isa(vl, "symmetric", checkpoint, prompt),
+    "masked-ti": lambda vl, checkpoint=None, prompt=PROMPT, **kw: _masked_ti(vl, "masked-ti", checkpoint, prompt),
+    "single-token": lambda vl, checkpoint=None, prompt=PROMPT, **kw: _masked_ti(vl, "single-token", checkpoint, prompt),
 }
+PROMPT_METHODS = ("isa", "isa-symmetric", "masked-ti", "single-token")  # those that accept ``prompt=``
 
 
-def _isa(vl, backbone, checkpoint):
+def _isa(vl, backbone, checkpoint, prompt):
     from .isa import ISA
 
-    return ISA(vl, backbone=backbone or "mobilenetv3_small_100", checkpoint=checkpoint)
+    return ISA(vl, backbone=backbone or "mobilenetv3_small_100", checkpoint=checkpoint, prompt=prompt)
 
 
-def _masked_ti(vl, name, checkpoint):
+def _masked_ti(vl, name, checkpoint, prompt):
     from .masked_ti import MaskedTI, SingleToken
 
-    return (SingleToken if name == "single-token" else MaskedTI)(vl, checkpoint=checkpoint)
+    return (SingleToken if name == "single-token" else MaskedTI)(vl, checkpoint=checkpoint, prompt=prompt)
 
 
 def create_method(name: str, vl, **kwargs) -> Method:
@@ -53,5 +55,5 @@ def shipped_variants() -> list[dict]:
     return out + masked_ti_variants()
 
 
-__all__ = ["METHODS", "PROMPT", "Method", "QueryError", "clean_modifier", "create_method", "caption_oracle",
-           "shipped_variants"]
+__all__ = ["METHODS", "PROMPT", "PROMPT_METHODS", "Method", "QueryError", "clean_modifier", "create_method",
+           "caption_oracle", "shipped_variants"]

@@ -70,3 +70,36 @@ class Method(ABC):
 
     def identity(self) -> dict:
         return {"method": self.name, "vl": self.vl.identity()}
+
+
+def check_prompt(prompt: str) -> str:
+    """A composition template: exactly one ``*`` (the pseudo words) and at most one ``{modifier}``
+    (a template without it drops the modifier: the inversion alone, a diagnostic)."""
+    if prompt.count("*") != 1 or prompt.count("{") != prompt.count("{modifier}") or prompt.count("{modifier}") > 1:
+        raise QueryError(f"prompt {prompt!r} must contain one '*' and at most one '{{modifier}}' "
+                         f"(the default is {PROMPT!r})")
+    return prompt
+
+
+class PseudoTokenMethod(Method):
+    """A method whose query is the VL text tower on ``prompt`` with pseudo words injected at ``*``."""
+
+    def __init__(self, vl: VLModel, prompt: str = PROMPT):
+        super().__init__(vl)
+        self.prompt = check_prompt(prompt)
+        if not bool((vl.tokenize([prompt.format(modifier="x")]) == vl.placeholder_id).any()):
+            raise QueryError(f"the tokenizer does not read the '*' of {prompt!r} as a word of its own; "
+                             "put spaces around it")
+
+    def compose(self, words: torch.Tensor, modifiers: list[str]) -> torch.Tensor:
+        """Text encoder: the frozen VL text tower on the prompt with ``words`` ``(B, L, d_w)`` at ``*``."""
+        return self.vl.encode_with_pseudo_tokens([self.prompt.format(modifier=m) for m in modifiers], words)
+
+    def shown_prompt(self, modifier: str) -> str:
+        return self.prompt.format(modifier=clean_modifier(modifier))
+
+    def identity(self) -> dict:
+        out = super().identity()
+        if self.prompt != PROMPT:
+            out["prompt"] = self.prompt
+        return out

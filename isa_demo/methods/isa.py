@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 
 from ..encoders import SYMMETRIC, QueryEncoder, shipped_checkpoint
-from .base import PROMPT, Method, clean_modifier
+from .base import PROMPT, PseudoTokenMethod
 
 
-class ISA(Method):
-    def __init__(self, vl, backbone: str = "mobilenetv3_small_100", checkpoint=None, **_):
-        super().__init__(vl)
+class ISA(PseudoTokenMethod):
+    def __init__(self, vl, backbone: str = "mobilenetv3_small_100", checkpoint=None, prompt: str = PROMPT, **_):
+        super().__init__(vl, prompt)
         path = checkpoint or shipped_checkpoint(backbone)
         self.encoder = QueryEncoder.load(path, vl, backbone=None if checkpoint else backbone)
         self.backbone = self.encoder.cfg.backbone
@@ -20,10 +20,6 @@ class ISA(Method):
         """Query image encoder (backbone + token learner): pseudo sentence and attention maps."""
         return self.encoder(self.encoder.preprocess(images))
 
-    def compose(self, sentences: torch.Tensor, modifiers: list[str]) -> torch.Tensor:
-        """Text encoder: the frozen VL text tower on ``a photo of S that {modifier}``."""
-        return self.vl.encode_with_pseudo_tokens([PROMPT.format(modifier=m) for m in modifiers], sentences)
-
     def _encode(self, images, modifiers):
         sentences, _ = self.encode_reference(images)
         return self.compose(sentences, modifiers)
@@ -32,7 +28,7 @@ class ISA(Method):
     def explain(self, image, modifier: str) -> dict:
         sentences, maps = self.encode_reference([image])
         return {"pseudo_words": self.vl.nearest_words(sentences[0]), "attention": maps[0].cpu().numpy(),
-                "prompt": PROMPT.format(modifier=clean_modifier(modifier)).replace("*", "S")}
+                "prompt": self.shown_prompt(modifier).replace("*", "S")}
 
     def identity(self) -> dict:
         return {**super().identity(), "backbone": self.backbone, "num_tokens": self.encoder.cfg.num_tokens}

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..common import atomic_path
-from .base import PROMPT, Method, clean_modifier
+from .base import PROMPT, PseudoTokenMethod
 
 FORMAT = "isa-demo-masked-ti"
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,14 +114,15 @@ def load_phi(path: str | os.PathLike, vl, device: str | None = None) -> tuple[Ph
     return phi.to(device or vl.device).eval(), meta
 
 
-class MaskedTI(Method):
+class MaskedTI(PseudoTokenMethod):
     """``a photo of * that {modifier}`` with ``* = Phi(g(reference))``."""
 
     name = "masked-ti"
     default_checkpoint = "masked-ti"
 
-    def __init__(self, vl, checkpoint: str | os.PathLike | None = None, phi: Phi | None = None, **_):
-        super().__init__(vl)
+    def __init__(self, vl, checkpoint: str | os.PathLike | None = None, phi: Phi | None = None, prompt: str = PROMPT,
+                 **_):
+        super().__init__(vl, prompt)
         if phi is not None:
             self.phi, self.meta = phi.to(vl.device).eval(), {}
         else:
@@ -142,9 +143,6 @@ class MaskedTI(Method):
         g = self.vl.encode_image_tensor(self.vl.images_to_tensor(images))
         return self.phi(g)[:, None]
 
-    def compose(self, words: torch.Tensor, modifiers: list[str]) -> torch.Tensor:
-        return self.vl.encode_with_pseudo_tokens([PROMPT.format(modifier=m) for m in modifiers], words)
-
     def _encode(self, images, modifiers):
         return self.compose(self.encode_reference(images), modifiers)
 
@@ -152,7 +150,7 @@ class MaskedTI(Method):
     def explain(self, image, modifier: str) -> dict:
         phi_vec = self.encode_reference([image])[0, 0]
         return {"pseudo_words": self.vl.nearest_words(phi_vec[None]),
-                "prompt": PROMPT.format(modifier=clean_modifier(modifier))}
+                "prompt": self.shown_prompt(modifier)}
 
     def identity(self) -> dict:
         out = super().identity()

@@ -8,7 +8,9 @@ whose placeholder token ``*`` is replaced by ``L >= 1`` learned embeddings (METH
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +113,8 @@ class VLModel:
 
     def uint8_to_tensor(self, arr: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``(N, H, W, 3)`` uint8 already at the model's size -> normalized batch (fast path)."""
+        if isinstance(arr, np.ndarray) and not arr.flags.writeable:  # a read-only memmap of the world cache
+            arr = np.array(arr)
         x = torch.as_tensor(np.asarray(arr)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False,
@@ -310,7 +314,8 @@ def load_vl(name: str = BUILTIN_NAME, pretrained: str | None = "builtin", device
         if not local.exists():
             raise VLLoadError(f"checkpoint file not found: {local}")
     if local is not None:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **model_kwargs)
+        with _quiet_random_init():  # the weights are loaded just below
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **model_kwargs)
         load_state_checked(model, local, name)
         ckpt_hash = file_sha256(local)
     else:
@@ -319,6 +324,18 @@ def load_vl(name: str = BUILTIN_NAME, pretrained: str | None = "builtin", device
     model.to(device)
     tokenizer = open_clip.get_tokenizer(name)
     return VLModel(model, preprocess, tokenizer, name, str(local) if local else pretrained, ckpt_hash, device)
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    """Hide open_clip's "No pretrained weights loaded ... initialized randomly" warning."""
+    root = logging.getLogger()
+    drop = lambda record: "No pretrained weights loaded" not in record.getMessage()  # noqa: E731
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def config_json(name: str) -> str:
