@@ -4,6 +4,7 @@ import torch
 from isa_demo.encoders import (SYMMETRIC, AdaptiveTokenLearner, BackboneError, CheckpointError, EncoderConfig,
                                QueryEncoder, check_backbone_name)
 from isa_demo.methods import QueryError, create_method
+from isa_demo.training.ablation import _recipe
 from isa_demo.training.isa import lar_late, lar_vocab, train_isa
 from isa_demo.vl import load_vl
 from isa_demo.vl.train import export_safetensors
@@ -51,6 +52,7 @@ def test_train_save_load_compose(small_world, tiny_ckpt, tmp_path, backbone, lar
                     batch_size=8, images=32, lar=lar, state_path=str(tmp_path / "s.pt"), device="cpu",
                     vl_name="isa-test-tiny", vl_pretrained=tiny_ckpt)
     vl = load_vl("isa-test-tiny", tiny_ckpt, device="cpu")
+    assert _recipe(out) == (2, lar, 2, 32)  # what `bench isa-ablation --reuse-shipped` matches arms on
     method = create_method("isa", vl, backbone=backbone, checkpoint=str(out))
     ref = sorted((small_world / "images" / "test").glob("*.png"))[0]
     q = method.encode_queries([ref, ref], ["make the circle red", "remove the star"])

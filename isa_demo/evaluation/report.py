@@ -64,7 +64,7 @@ def markdown_table(df, columns: list[str], decimals: int) -> str:
     return "\n".join(lines)
 
 
-TRAINING_COLUMNS = ["checkpoint", "steps", "batch_size", "train_images", "train_seconds", "precompute_seconds",
+TRAINING_COLUMNS = ["checkpoint", "lar", "steps", "batch_size", "train_images", "train_seconds", "precompute_seconds",
                     "device", "date"]
 
 

@@ -2,8 +2,8 @@
 
 Every arm trains the same backbone for the same number of steps on the same unlabeled images
 (checkpoints under ``runs/ablation/``, resumable; an arm already trained is reused), then is
-evaluated on the world's test split. The arm equal to a shipped checkpoint's setting can reuse it
-with ``--reuse-shipped``.
+evaluated on the world's test split. The arm trained as a shipped checkpoint was (same L, LAR
+option, steps and images) can reuse it with ``--reuse-shipped``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def register_bench(sub) -> None:
     p.add_argument("--images", type=int, default=20000)
     p.add_argument("--arms", nargs="+", default=None, help="subset of arm names (default: all)")
     p.add_argument("--reuse-shipped", action="store_true",
-                   help="use the shipped checkpoint for the GCD + LAR (late), L=4 arm")
+                   help="use the shipped checkpoint for the arm trained as it was (same L, LAR, steps, images)")
     p.add_argument("--out", default="assets/results/isa_ablation.csv")
     p.set_defaults(func=_bench)
 
@@ -52,8 +52,9 @@ def _bench(args) -> int:
         if args.arms and arm not in args.arms:
             continue
         ckpt = Path("runs") / "ablation" / f"{args.backbone}_L{L}_{lar}_{args.steps}.safetensors"
-        if args.reuse_shipped and (L, lar) == (4, "late"):
-            ckpt = shipped_checkpoint(args.backbone)
+        shipped = shipped_checkpoint(args.backbone)
+        if args.reuse_shipped and shipped.exists() and _recipe(shipped) == (L, lar, args.steps, args.images):
+            ckpt = shipped
         if not ckpt.exists():
             train_isa(args.world, args.backbone, out=str(ckpt), num_tokens=L, lar=lar, steps=args.steps,
                       images=args.images, state_path=str(ckpt.with_suffix(".state.pt")))
@@ -70,3 +71,13 @@ def _bench(args) -> int:
     write_table(df, args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def _recipe(path: Path) -> tuple:
+    """(L, LAR option, steps, images) as the checkpoint's training command recorded them."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return (json.loads(meta["config"])["num_tokens"], meta.get("lar"), int(meta.get("steps", -1)),
+            int(meta.get("train_images", -1)))

@@ -9,13 +9,14 @@ def register(sub) -> None:
     p.add_argument("--backbone", required=True, help="any timm model name, or 'symmetric' (frozen VL tower)")
     p.add_argument("--world", default="data/world")
     p.add_argument("--num-tokens", "-L", type=int, default=4, help="pseudo-sentence length L")
-    p.add_argument("--lar", choices=["late", "vocab", "none"], default="late", help="local alignment option")
+    p.add_argument("--lar", choices=["late", "vocab", "none"], default="none",
+                   help="local alignment option (default none: GCD alone, which measured better; see README)")
     p.add_argument("--lar-weight", type=float, default=0.5)
     p.add_argument("--tau", type=float, default=0.05, help="InfoNCE temperature")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--images", type=int, default=20000, help="number of unlabeled train images used")
+    p.add_argument("--images", type=int, default=50000, help="number of unlabeled train images used")
     p.add_argument("--image-size", type=int, default=96,
                    help="light backbone input size (the world's images are 128 px, the VL tower sees 96 px)")
     p.add_argument("--seed", type=int, default=0)
