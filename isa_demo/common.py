@@ -50,7 +50,15 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The string metadata of a safetensors file (its header only; no tensors are read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

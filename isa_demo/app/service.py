@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..common import ImageError, load_image
+from ..common import ImageError, load_image, read_metadata
 from ..methods import PROMPT, QueryError, clean_modifier, create_method
 from ..methods.base import MAX_MODIFIER_CHARS
 
@@ -127,11 +127,7 @@ def _compatible(v: Variant, vl) -> str | None:
     try:
         import json
 
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        saved = json.loads(meta.get("vl", "{}"))
+        saved = json.loads(read_metadata(path).get("vl", "{}"))
     except Exception:
         return None
     want = vl.identity()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import atomic_path, load_image
+from ..common import atomic_path, load_image, read_metadata
 from .atl import AdaptiveTokenLearner
 from .backbones import SYMMETRIC, create_backbone
 
@@ -109,14 +109,12 @@ class QueryEncoder(nn.Module):
     def load(cls, path: str | os.PathLike, vl, backbone: str | None = None, num_tokens: int | None = None,
              device: str | None = None) -> "QueryEncoder":
         """Load a checkpoint for ``vl``; refuse one made for another VL model, backbone or L."""
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
         path = Path(path)
         if not path.exists():
             raise CheckpointError(f"query-encoder checkpoint not found: {path}")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(path)
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not an isa-demo query-encoder checkpoint")
         cfg = EncoderConfig(**json.loads(meta["config"]))

@@ -71,13 +71,13 @@ TRAINING_COLUMNS = ["checkpoint", "lar", "steps", "batch_size", "train_images", 
 def training_table(assets: str | Path):
     """One row per shipped checkpoint, from the metadata its training command recorded."""
     import pandas as pd
-    from safetensors import safe_open
+
+    from ..common import read_metadata
 
     assets = Path(assets)
     rows = []
     for path in sorted(assets.glob("**/*.safetensors")):
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(path)
         row = {"checkpoint": path.relative_to(assets).as_posix()}
         for col in TRAINING_COLUMNS[1:]:
             value = meta.get(col, "")
@@ -121,10 +121,9 @@ def update_readme(readme: str | Path, results: str | Path, check: bool = False) 
     if old == new:
         return True
     if not check:
-        from ..common import atomic_path
+        from ..common import write_text
 
-        with atomic_path(readme) as tmp:
-            Path(tmp).write_text(head + BEGIN + new + END + tail, encoding="utf-8")
+        write_text(readme, head + BEGIN + new + END + tail)
     return False
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..common import atomic_path
+from ..common import atomic_path, read_metadata
 from .base import PROMPT, PseudoTokenMethod
 
 FORMAT = "isa-demo-masked-ti"
@@ -73,13 +73,6 @@ def save_phi(path: str | os.PathLike, phi: Phi, vl_identity: dict, facts: dict) 
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
-
-
-def read_metadata(path: str | os.PathLike) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
 
 
 def load_phi(path: str | os.PathLike, vl, device: str | None = None) -> tuple[Phi, dict]:

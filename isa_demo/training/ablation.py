@@ -75,9 +75,8 @@ def _bench(args) -> int:
 
 def _recipe(path: Path) -> tuple:
     """(L, LAR option, steps, images) as the checkpoint's training command recorded them."""
-    from safetensors import safe_open
+    from ..common import read_metadata
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    meta = read_metadata(path)
     return (json.loads(meta["config"])["num_tokens"], meta.get("lar"), int(meta.get("steps", -1)),
             int(meta.get("train_images", -1)))

@@ -21,7 +21,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from ..common import default_device, file_sha256, load_image
+from ..common import default_device, file_sha256, load_image, read_metadata
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -275,11 +275,9 @@ def load_state_checked(model, path: str | os.PathLike, name: str) -> None:
     path = str(path)
     meta = {}
     if path.endswith(".safetensors"):
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(path)
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
