@@ -48,12 +48,13 @@ def _bench(args) -> int:
     vl = load_vl()
     gallery: dict = {}
     rows = []
+    shipped = shipped_checkpoint(args.backbone)
+    shipped_recipe = _recipe(shipped) if args.reuse_shipped and shipped.exists() else None
     for arm, L, lar in ARMS:
         if args.arms and arm not in args.arms:
             continue
         ckpt = Path("runs") / "ablation" / f"{args.backbone}_L{L}_{lar}_{args.steps}.safetensors"
-        shipped = shipped_checkpoint(args.backbone)
-        if args.reuse_shipped and shipped.exists() and _recipe(shipped) == (L, lar, args.steps, args.images):
+        if shipped_recipe == (L, lar, args.steps, args.images):
             ckpt = shipped
         if not ckpt.exists():
             train_isa(args.world, args.backbone, out=str(ckpt), num_tokens=L, lar=lar, steps=args.steps,
@@ -63,7 +64,7 @@ def _bench(args) -> int:
         facts = method.encoder.meta
         rows.append({"arm": arm, "backbone": args.backbone, "L": L, "lar": lar, "steps": int(facts["steps"]),
                      "train_seconds": float(facts["train_seconds"]), **{k: rep.metrics[k] for k in KEEP},
-                     **{f"R@1/{k.split('/', 1)[1]}": v for k, v in rep.metrics.items() if k.startswith("R@1/")}})
+                     **{k: v for k, v in rep.metrics.items() if k.startswith("R@1/")}})
         print(json.dumps({k: rows[-1][k] for k in ("arm", "R@1", "mAP@10")}))
     df = pd.DataFrame(rows)
     print(df[["arm", "L", "lar", "steps", "R@1", "R@10", "Rs@1", "mAP@10"]].to_string(index=False,
