@@ -32,7 +32,7 @@ def export_safetensors(model: torch.nn.Module, path: str | Path, name: str, extr
         save_file(state, str(tmp), metadata=meta)
 
 
-def train_vl(world: str, out: str | None = None, name: str = BUILTIN_NAME, epochs: float = 3.0,
+def train_vl(world: str, out: str | None = None, name: str = BUILTIN_NAME, epochs: float = 2.5,
              batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.1, seed: int = 0,
              state_path: str | None = None, device: str | None = None, save_every: int = 100,
              max_images: int | None = None) -> Path:
