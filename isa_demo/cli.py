@@ -1,8 +1,9 @@
-"""The one command-line entry point: ``python -m isa_demo <command> ...``.
+"""The one command-line entry point: ``python -m isa_demo <command> ...`` (or ``isa-demo ...``).
 
-Command groups are data: each entry below names ``module`` (whose ``register(subparsers)`` is
-called) or ``module:function``; it adds sub-commands with ``set_defaults(func=...)``, and
-``func(args)`` returns the exit code.
+Command groups are data: each entry below names a module whose ``register(subparsers)`` (or
+``register_command(top)`` for a command without sub-commands) adds sub-commands with
+``set_defaults(func=...)``; ``func(args)`` returns the exit code. Anything a user can cause
+raises :class:`isa_demo.errors.UserError`, caught here, once, as a one-line message.
 """
 from __future__ import annotations
 
@@ -10,40 +11,42 @@ import argparse
 import importlib
 import sys
 
+from .errors import UserError
+
 GROUPS = {
-    "world": ("build and inspect the built-in world", ["isa_demo.world.cli"]),
-    "train": ("train models (vl, isa, masked-ti)", ["isa_demo.vl.cli", "isa_demo.training.cli",
-                                                      "isa_demo.training.masked_ti_cli"]),
-    "bench": ("benchmarks that print a table and write it to assets/results/",
-              ["isa_demo.vl.cli:register_bench", "isa_demo.evaluation.cli",
-               "isa_demo.evaluation.efficiency:register_bench", "isa_demo.training.ablation:register_bench",
-               "isa_demo.index.cli:register_bench", "isa_demo.app.cli:register_bench",
-               "isa_demo.evaluation.prompts:register_bench", "isa_demo.evaluation.report:register_bench"]),
-    "index": ("gallery indexes: encode an image folder into a faiss index", ["isa_demo.index.cli"]),
+    "world": ("build and inspect the built-in world", "isa_demo.world.cli"),
+    "train": ("train models (vl, isa, masked-ti)", "isa_demo.training.cli"),
+    "bench": ("benchmarks that print a table and write it to assets/results/", "isa_demo.bench.cli"),
+    "index": ("gallery indexes: encode an image folder into a faiss index", "isa_demo.index.cli"),
 }
-# commands without sub-commands: name -> module with register_command(subparsers)
-SINGLE: dict[str, str] = {"eval": "isa_demo.evaluation.cli", "masking-sheet": "isa_demo.training.masked_ti_cli",
+# commands without sub-commands: name -> module with register_command(top)
+SINGLE: dict[str, str] = {"eval": "isa_demo.evaluation.cli", "masking-sheet": "isa_demo.bench.masking",
                           "app": "isa_demo.app.cli"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m isa_demo", description=__doc__.splitlines()[0])
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_text, modules) in GROUPS.items():
+    for name, (help_text, module) in GROUPS.items():
         group = top.add_parser(name, help=help_text, description=help_text)
-        sub = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-        for entry in modules:
-            mod, _, func = entry.partition(":")
-            getattr(importlib.import_module(mod), func or "register")(sub)
-    for name, mod in SINGLE.items():
-        importlib.import_module(mod).register_command(top)
+        importlib.import_module(module).register(group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND",
+                                                                      required=True))
+    for module in SINGLE.values():
+        importlib.import_module(module).register_command(top)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run parsed arguments: the exit code, with a user's error as one line on stderr (code 2)."""
     try:
         return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))

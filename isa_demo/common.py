@@ -11,14 +11,12 @@ from typing import Any, Iterator
 
 from PIL import Image, ImageOps, ImageSequence
 
+from .errors import ImageError
+
 # Largest image we agree to decode (pixels). Above this Pillow's decompression-bomb
 # guard would only warn; we refuse instead, so a 20000x20000 upload costs nothing.
 MAX_IMAGE_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-
-
-class ImageError(ValueError):
-    """An input image that cannot be used (corrupt, truncated, too large, not an image)."""
 
 
 def default_device() -> str:
@@ -140,11 +138,3 @@ def provenance() -> dict:
             "machine": f"{m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, threads {m['torch_threads']}, "
                        f"gpu {m['gpu'] or 'none'}",
             "date": time.strftime("%Y-%m-%d")}
-
-
-def write_table(df, path: str | os.PathLike) -> None:
-    """Write a results table as CSV with its provenance in a sidecar ``.json``, atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.4f")
-    write_json(path.with_suffix(".json"), provenance(), indent=2)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from isa_demo.app.service import MAX_K, DemoService, InputError, build_variants
-from isa_demo.app.testing import TINY_BACKBONE, tiny_service
+from helpers import TINY_BACKBONE, tiny_service
 
 
 @pytest.fixture(scope="session")
@@ -347,7 +347,7 @@ def test_cli_registers_app_and_bench_app():
 
     p = build_parser()
     args = p.parse_args(["app", "--port", "7999", "--index", "x", "--model", "m", "--pretrained", "none"])
-    assert (args.port, args.index, args.model, args.pretrained) == (7999, "x", "m", "none")
+    assert (args.port, args.index, args.vl_model, args.vl_pretrained) == (7999, "x", "m", "none")
     args = p.parse_args(["bench", "app", "--clients", "2", "--queries", "3", "--sequential", "4"])
     assert (args.clients, args.queries, args.sequential) == (2, 3, 4)
 
@@ -355,7 +355,7 @@ def test_cli_registers_app_and_bench_app():
 # ------------------------------------------------------------------------------------ HTTP API
 @pytest.fixture(scope="module")
 def served(service):
-    from isa_demo.app.testing import serve
+    from helpers import serve
 
     demo, url = serve(service)
     yield url
@@ -399,7 +399,7 @@ def test_http_serves_only_allowed_files(served, example):
 
 
 def test_bench_measure_small(served, small_world):
-    from isa_demo.app.bench import measure, world_queries
+    from isa_demo.bench.app import measure, world_queries
 
     rows, meta = measure(served, world_queries(small_world, 6), clients=2, per_client=2, sequential=2, warmup=1,
                          method=None, backbone=None, k=5)

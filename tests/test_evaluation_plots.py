@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from isa_demo.cli import main
-from isa_demo.evaluation.plots import (ResultsMissing, accuracy_figures, accuracy_vs_cost, join_accuracy_efficiency,
+from isa_demo.bench.plots import (ResultsMissing, accuracy_figures, accuracy_vs_cost, join_accuracy_efficiency,
                                        write_figures)
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from isa_demo.cli import main
 from isa_demo.evaluation import metrics as M
+from isa_demo.evaluation import results
 from isa_demo.evaluation import runner as R
 from isa_demo.evaluation.datasets import load_world
 from isa_demo.methods import create_method, shipped_variants
@@ -90,9 +91,9 @@ def test_world_end_to_end_matches_direct_metrics(small_world, tiny_vl, tmp_path)
     direct.update(M.circo_metrics(scores, gts))
     assert {k: rep.metrics[k] for k in direct} == pytest.approx(direct)
     # the per-query table at its stable path
-    path = R.per_query_path(tmp_path / "res", "world", "test", "sum")
+    path = results.per_query_path(tmp_path / "res", "world", "test", "sum")
     assert path.name == "world_test_sum.parquet" and rep.files["per-query table"] == str(path)
-    df = R.read_per_query(path)
+    df = results.read_per_query(path)
     assert len(df) == 30 and list(df.columns) == ["query_id", "category", "mod_type", "mod_family", "reference",
                                                   "modifier", "target_hard", "targets", "rank", "subset_rank",
                                                   "topk_ids", "topk_scores"]
@@ -217,7 +218,7 @@ def test_bench_accuracy(small_world, tmp_path, capsys, monkeypatch):
 
 
 def test_bench_accuracy_reports_unbuildable_variants(small_world, tiny_vl, tmp_path):
-    from isa_demo.evaluation.accuracy import bench_accuracy
+    from isa_demo.bench.accuracy import bench_accuracy
 
     df, record = bench_accuracy(small_world, tiny_vl, out=tmp_path, limit=5, progress=False, cache_dir=tmp_path,
                                 variants=[BASELINES[0], {"method": "no-such-method", "backbone": "x",

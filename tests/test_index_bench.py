@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from isa_demo.index.bench import Mixture, auto_nlist, bench_index
+from isa_demo.bench.index import Mixture, auto_nlist, bench_index
 
 
 def test_mixture_is_clustered_unit_vectors():
@@ -39,10 +39,10 @@ def test_bench_index_small(tmp_path):
 
 
 def test_bench_index_cli(tmp_path, capsys):
-    from isa_demo.index import cli
+    from isa_demo.bench import index as cli
 
     parser = argparse.ArgumentParser()
-    cli.register_bench(parser.add_subparsers(dest="cmd", required=True))
+    cli.register(parser.add_subparsers(dest="cmd", required=True))
     args = parser.parse_args(["index", "--n", "1500", "--dims", "16", "--factories", "HNSW16", "--queries", "100",
                               "--latency-calls", "10", "--bandwidth-mb", "8", "--out", str(tmp_path / "i.csv")])
     assert args.func(args) == 0

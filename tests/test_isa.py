@@ -1,13 +1,14 @@
 import pytest
 import torch
 
-from isa_demo.encoders import (SYMMETRIC, AdaptiveTokenLearner, BackboneError, CheckpointError, EncoderConfig,
+from isa_demo.models import (SYMMETRIC, AdaptiveTokenLearner, BackboneError, CheckpointError, EncoderConfig,
                                QueryEncoder, check_backbone_name)
 from isa_demo.methods import QueryError, create_method
-from isa_demo.training.ablation import _recipe
-from isa_demo.training.isa import lar_late, lar_vocab, train_isa
+from isa_demo.bench.ablation import _recipe
+from isa_demo.training.isa import train_isa
+from isa_demo.training.losses import lar_late, lar_vocab
 from isa_demo.vl import load_vl
-from isa_demo.vl.train import export_safetensors
+from isa_demo.training.vl import export_safetensors
 
 
 def test_atl_shapes_and_maps():
@@ -23,7 +24,7 @@ def test_unknown_backbone_lists_close_names():
 
 
 def test_lite0_loads_real_imagenet_weights():
-    from isa_demo.encoders import create_backbone
+    from isa_demo.models import create_backbone
 
     model, info = create_backbone("tf_efficientnet_lite0")
     assert info["imagenet"] and info["mean"] == [0.5, 0.5, 0.5]
@@ -102,7 +103,7 @@ def test_checkpoint_storage_round_trip(tmp_path):
 
     from safetensors.torch import save_file
 
-    from isa_demo.encoders.query_encoder import pack_state, unpack_state
+    from isa_demo.models.query_encoder import pack_state, unpack_state
 
     enc = QueryEncoder(EncoderConfig(backbone="resnet18", word_dim=24), imagenet_init=False)
     state = enc.state_dict()
@@ -117,3 +118,20 @@ def test_checkpoint_storage_round_trip(tmp_path):
     save_file(packed, str(tmp_path / "int8.safetensors"))
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(tmp_path / "fp16.safetensors"))
     assert os.path.getsize(tmp_path / "int8.safetensors") < 0.55 * os.path.getsize(tmp_path / "fp16.safetensors")
+
+
+def test_cli_train_isa_random_vl_weights(small_world, tmp_path, monkeypatch, capsys):
+    """`train isa --vl-pretrained none` trains against random VL weights (it used to end in an
+    open_clip traceback) and, not being the built-in model, never writes into assets/."""
+    from isa_demo.cli import main
+    from isa_demo.training import state
+
+    monkeypatch.setattr(state, "RUNS_DIR", tmp_path / "runs")
+    rc = main(["train", "isa", "--backbone", "resnet18", "--vl-model", "isa-test-tiny", "--vl-pretrained", "none",
+               "--world", str(small_world), "--steps", "2", "--images", "16", "--batch-size", "8", "-L", "2",
+               "--device", "cpu"])
+    assert rc == 0
+    out = tmp_path / "runs" / "isa" / "resnet18_L2_none_2--isa-test-tiny.safetensors"
+    assert out.exists() and (tmp_path / "runs" / "isa" / "resnet18_L2_none_2--isa-test-tiny.state.pt").exists()
+    assert main(["train", "isa", "--backbone", "resnet1800", "--world", str(small_world)]) == 2
+    assert "unknown timm backbone 'resnet1800'" in capsys.readouterr().err

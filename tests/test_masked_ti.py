@@ -60,7 +60,7 @@ def test_world_captions_yield_exactly_their_shapes():
 
 # ----------------------------------------------------------------------------- Phi, CAM, masking
 def test_phi_shapes(tiny_vl):
-    from isa_demo.methods.masked_ti import Phi
+    from isa_demo.models.masked_ti import Phi
 
     phi = Phi.for_vl(tiny_vl)
     assert phi.config["hidden"] == 4 * tiny_vl.word_dim
@@ -74,7 +74,7 @@ def _images(world, n, size):
 
 
 def test_cam_shape_and_range(tiny_vl, small_world):
-    from isa_demo.training.masked_ti import compute_cams, upsample_cam
+    from isa_demo.training.cam import compute_cams, upsample_cam
     from isa_demo.world import World
 
     w = World(small_world)
@@ -90,7 +90,7 @@ def test_cam_shape_and_range(tiny_vl, small_world):
 
 @pytest.mark.parametrize("mode", ["layercam", "gradcam", "gradxact"])
 def test_cam_modes_and_baseline(tiny_vl_custom, small_world, mode):
-    from isa_demo.training.masked_ti import compute_cams
+    from isa_demo.training.cam import compute_cams
     from isa_demo.world import World
 
     imgs = _images(World(small_world), 3, tiny_vl_custom.image_size)
@@ -104,7 +104,7 @@ def test_cam_modes_and_baseline(tiny_vl_custom, small_world, mode):
 
 
 def test_cam_localization_metrics(tiny_vl, small_world):
-    from isa_demo.training.masked_ti import cam_localization
+    from isa_demo.bench.masking import cam_localization
     from isa_demo.world import World
 
     out = cam_localization(tiny_vl, World(small_world), "train", n=12, tau=0.3)
@@ -115,7 +115,7 @@ def test_cam_localization_metrics(tiny_vl, small_world):
 
 
 def test_higher_tau_masks_fewer_pixels(tiny_vl, small_world):
-    from isa_demo.training.masked_ti import compute_cams, mask_images, upsample_cam
+    from isa_demo.training.cam import compute_cams, mask_images, upsample_cam
     from isa_demo.world import World
 
     imgs = _images(World(small_world), 6, tiny_vl.image_size)
@@ -164,7 +164,7 @@ def trained(tiny_vl, small_world, tmp_path_factory):
 
 
 def test_train_export_metadata(trained, tiny_vl):
-    from isa_demo.methods.masked_ti import read_metadata
+    from isa_demo.common import read_metadata
 
     path, d = trained
     meta = read_metadata(path)
@@ -212,7 +212,8 @@ def test_reload_and_method_interface(trained, tiny_vl, small_world):
 
 
 def test_refuses_other_vl(trained, tiny_vl_custom):
-    from isa_demo.methods.masked_ti import CheckpointError, MaskedTI
+    from isa_demo.errors import CheckpointError
+    from isa_demo.methods.masked_ti import MaskedTI
 
     path, _ = trained
     with pytest.raises(CheckpointError, match="isa-test-tiny-custom") as e:
@@ -224,7 +225,7 @@ def test_refuses_other_vl(trained, tiny_vl_custom):
 
 def test_single_token_training(tiny_vl, small_world, tmp_path):
     from isa_demo.methods import create_method
-    from isa_demo.methods.masked_ti import read_metadata
+    from isa_demo.common import read_metadata
     from isa_demo.training.masked_ti import default_name, train_masked_ti
 
     assert default_name(0.3, 0.0, 1.0, "scene") == "single-token"
@@ -242,6 +243,7 @@ def test_shipped_variants_and_variant_names(trained, tiny_vl, tmp_path, monkeypa
     import shutil
 
     from isa_demo.methods import masked_ti, shipped_variants
+    from isa_demo.models import masked_ti as checkpoints
 
     for v in shipped_variants():
         assert {"method", "backbone", "checkpoint"} <= set(v)
@@ -251,9 +253,9 @@ def test_shipped_variants_and_variant_names(trained, tiny_vl, tmp_path, monkeypa
     shutil.copy(path, ckdir / "masked-ti.safetensors")
     shutil.copy(path, ckdir / "masked-ti-tau0.25.safetensors")
     (ckdir / "broken.safetensors").write_text("not a checkpoint")
-    monkeypatch.setattr(masked_ti, "ROOT", tmp_path)
-    monkeypatch.setattr(masked_ti, "CHECKPOINT_DIR", ckdir)
-    variants = masked_ti.shipped_variants()
+    monkeypatch.setattr(checkpoints, "ROOT", tmp_path)
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", ckdir)
+    variants = checkpoints.shipped_variants()
     assert variants == [{"method": "masked-ti", "backbone": None, "checkpoint": None},
                         {"method": "masked-ti", "backbone": None,
                          "checkpoint": "assets/checkpoints/masked-ti/masked-ti-tau0.25.safetensors"}]

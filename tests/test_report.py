@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from isa_demo.evaluation.report import BEGIN, END, REPO, markdown_table, render, update_readme
+from isa_demo.bench.report import BEGIN, END, REPO, markdown_table, render, update_readme
 
 
 def test_readme_results_section_matches_the_measured_tables():

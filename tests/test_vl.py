@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from isa_demo.vl import VLLoadError, load_vl
-from isa_demo.vl.train import export_safetensors
+from isa_demo.training.vl import export_safetensors
 
 PROMPTS = ["a photo of * that make the circle red", "a photo of *", "* on a grey background"]
 
@@ -80,7 +80,7 @@ def test_unknown_model_and_missing_file():
 
 
 def test_vl_training_runs_and_resumes(small_world, tmp_path):
-    from isa_demo.vl.train import train_vl
+    from isa_demo.training.vl import train_vl
 
     out = train_vl(str(small_world), out=str(tmp_path / "m.safetensors"), name="isa-test-tiny", epochs=0.2,
                    batch_size=32, state_path=str(tmp_path / "state.pt"), device="cpu", save_every=1)
@@ -92,7 +92,7 @@ def test_vl_training_runs_and_resumes(small_world, tmp_path):
 
 
 def test_vl_retrieval_table(tiny_vl, small_world):
-    from isa_demo.vl.evaluate import evaluate_vl
+    from isa_demo.bench.vl import evaluate_vl
     from isa_demo.world import World
 
     df = evaluate_vl(tiny_vl, World(small_world), "test")

@@ -1,4 +1,4 @@
-"""``python app.py`` / ``python -m isa_demo app``: serve the demo; ``python -m isa_demo bench app``."""
+"""``python app.py`` / ``python -m isa_demo app``: serve the demo."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,10 @@ import sys
 import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline demo
+
+from ..errors import UserError
+from ..options import add_device_arg, add_vl_args, add_world_arg
+from ..settings import RESULTS_DIR
 
 DEFAULT_CONCURRENCY = 4
 MAX_UPLOAD = "25mb"
@@ -20,17 +24,14 @@ def add_app_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None, metavar="PATH",
                    help="a gallery index made by `python -m isa_demo index build` (default: the built-in world's "
                         "test images)")
-    p.add_argument("--model", default=None, help="open_clip model name of the VL model (default: isa-world-vit)")
-    p.add_argument("--pretrained", default="builtin",
-                   help="open_clip tag, checkpoint path, 'builtin' (default) or 'none' (random weights)")
-    p.add_argument("--world", default=None, metavar="DIR", help="built world for examples and the inspector "
-                                                                 "(default: data/world)")
-    p.add_argument("--results", default=None, metavar="DIR", help="results tables (default: assets/results)")
+    add_vl_args(p, device=False)
+    add_world_arg(p, help="built world for examples and the inspector")
+    p.add_argument("--results", default=str(RESULTS_DIR), metavar="DIR", help="results tables (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                    help=f"queries run at once (queue default_concurrency_limit, default {DEFAULT_CONCURRENCY})")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting at most (further ones are refused)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    add_device_arg(p)
 
 
 def build_demo(service, concurrency: int = DEFAULT_CONCURRENCY, max_queue: int = 256):
@@ -75,13 +76,13 @@ def serve(args) -> int:
 
         torch.set_num_threads(args.threads)
     _faiss_single_thread()
-    from .service import RESULTS_DIR, WORLD_DIR, load_service
+    from .service import load_service
 
     print("loading the VL model and the gallery ...", file=sys.stderr)
     try:
-        service = load_service(args.model, args.pretrained, args.index, args.world or WORLD_DIR,
-                               args.results or RESULTS_DIR, device=args.device)
-    except Exception as e:  # a missing checkpoint / index / incompatible model: say it in one line
+        service = load_service(args.vl_model, args.vl_pretrained, args.index, args.world, args.results,
+                               device=args.device)
+    except UserError as e:  # a missing checkpoint / index / incompatible model: say it in one line
         print(f"cannot start the demo: {e}", file=sys.stderr)
         return 2
     service.warm_up()
@@ -103,16 +104,3 @@ def register_command(top) -> None:
     p = top.add_parser("app", help="serve the Gradio demo", description="Serve the Gradio demo (same as app.py).")
     add_app_args(p)
     p.set_defaults(func=serve)
-
-
-def register_bench(sub) -> None:
-    """``python -m isa_demo bench app``."""
-    from .bench import add_bench_args, run_bench_cli
-
-    p = sub.add_parser("app", help="end-to-end latency of the demo through its HTTP API",
-                       description="Start `python app.py` (cold start to a serving page, seconds), then time "
-                                   "composed queries through the HTTP API with gradio_client: sequential p50/p99 and "
-                                   "N concurrent clients x M queries each (errors, p50/p99). Writes "
-                                   "assets/results/app.csv.")
-    add_bench_args(p)
-    p.set_defaults(func=run_bench_cli)

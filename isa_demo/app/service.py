@@ -37,22 +37,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import UserError
+from ..settings import GALLERIES_DIR, LIGHTEST_BACKBONE, REPO, RESULTS_DIR, SYMMETRIC, WORLD_DIR, WORLD_SPLIT
 from ..common import ImageError, load_image, read_metadata
 from ..methods import PROMPT, QueryError, clean_modifier, create_method
 from ..methods.base import MAX_MODIFIER_CHARS
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS_DIR = REPO / "assets" / "results"
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-WORLD_DIR = REPO / "data" / "world"
-WORLD_SPLIT = "test"
-SYMMETRIC = "symmetric"
-LIGHTEST = "mobilenetv3_small_100"
+LIGHTEST = LIGHTEST_BACKBONE
 MAX_K = 50
 BASELINES = ("image-only", "text-only", "sum")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A query the demo cannot run as given; the message is for the user (no stack trace)."""
 
 
@@ -117,7 +114,7 @@ def _compatible(v: Variant, vl) -> str | None:
     path = v.checkpoint
     if path is None and v.method in ("isa", "isa-symmetric"):
         try:
-            from ..encoders import shipped_checkpoint
+            from ..models import shipped_checkpoint
 
             path = str(shipped_checkpoint(v.backbone or (SYMMETRIC if v.method == "isa-symmetric" else LIGHTEST)))
         except Exception:
@@ -250,7 +247,7 @@ class DemoService:
                 self.unavailable[self._key(v)] = why
             else:
                 self.variants.append(v)
-        for mod in ("..evaluation.runner", "..evaluation.plots"):  # import once, here: handlers run in
+        for mod in ("..evaluation.runner", "..bench.plots"):  # import once, here: handlers run in
             try:                                                    # threads, and a concurrent first
                 importlib.import_module(mod, __package__)           # import sees half a module
             except Exception:
@@ -583,7 +580,7 @@ class DemoService:
         return out
 
     def per_query_table_path(self, method: str, backbone: str | None = None) -> Path:
-        from ..evaluation.runner import per_query_path
+        from ..evaluation.results import per_query_path
 
         v = self.resolve(method, backbone)
         name, bb = v.method, v.backbone
@@ -605,7 +602,7 @@ class DemoService:
         :meth:`failure_detail`); raises :class:`InputError` when the table is missing."""
         import pandas as pd
 
-        from ..evaluation.runner import read_per_query
+        from ..evaluation.results import read_per_query
 
         path = self.per_query_table_path(method, backbone)
         try:
@@ -654,7 +651,7 @@ class DemoService:
     def efficiency(self, highlight: str | None = None, cost: str = "gflops", metric: str = "R@1"):
         """(plotly figure or None, table DataFrame or None, note markdown)."""
         try:
-            from ..evaluation import plots
+            from ..bench import plots
         except Exception as e:
             return None, None, f"_The efficiency-accuracy plot is not available ({type(e).__name__}: {e})._"
         try:
@@ -750,7 +747,7 @@ def load_service(model: str | None = None, pretrained: str | None = "builtin", i
                 atexit.register(shutil.rmtree, kw["index_dir"], ignore_errors=True)
             else:
                 slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}-{Path(pretrained).stem}").strip("-")
-                kw["index_dir"] = REPO / "galleries" / f"world-test--{slug}"
+                kw["index_dir"] = GALLERIES_DIR / f"world-test--{slug}"
         gallery = default_gallery(vl, progress=progress, **kw)
         label = "the built-in world's test images"
     if world_dir is not None:

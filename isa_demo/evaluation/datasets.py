@@ -38,13 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import UserError
+
 DATASETS = ("world", "cirr", "fashioniq", "circo")
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
 PROTOCOLS = {"world": "world", "cirr": "cirr", "fashioniq": "fashioniq", "circo": "circo"}
 MISSING_SHOWN = 5
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """An annotation file is absent or malformed; the message names the file."""
 
 

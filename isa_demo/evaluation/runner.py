@@ -27,10 +27,9 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,73 +38,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..common import atomic_path, machine_info, write_json
+from ..errors import UserError
+from ..settings import RESULTS_DIR
 from . import metrics as M
 from .datasets import Benchmark, load_benchmarks
+from .results import slug, per_query_path, result_tag, write_per_query
 from .submission import CIRR_SUBSET_TOP, CIRR_TOP, write_circo_submission, write_cirr_submission
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "results"
 ORACLE = "caption-oracle"
 TABLE_TOP_K = 10
 QUERY_CHUNK = 256
 EMPTY_MODIFIER = "."  # stands in for the rare empty annotation (one in CIRR test1) so it still encodes
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError, RuntimeError):
     """The evaluation cannot run as asked; the message says why and what to do."""
-
-
-# ------------------------------------------------------------------------------------ naming / io
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")
-
-
-def result_tag(dataset: str, split: str, method: str, backbone: str | None = None) -> str:
-    parts = [dataset, split, method] + ([backbone] if backbone else [])
-    return "_".join(_slug(p) for p in parts)
-
-
-def per_query_path(out: str | os.PathLike, dataset: str, split: str, method: str,
-                   backbone: str | None = None) -> Path:
-    """``{out}/per_query/{dataset}_{split}_{method}[_{backbone}].parquet`` (the stable convention)."""
-    return Path(out) / "per_query" / f"{result_tag(dataset, split, method, backbone)}.parquet"
-
-
-LIST_COLUMNS = ("targets", "topk_ids", "topk_scores")
-
-
-def write_per_query(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Atomic parquet write; without pyarrow, CSV beside it (list columns JSON-encoded)."""
-    path = Path(path)
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        path = path.with_suffix(".csv")
-        flat = df.copy()
-        for col in LIST_COLUMNS:
-            if col in flat:
-                flat[col] = flat[col].map(lambda v: json.dumps(list(v)))
-        with atomic_path(path) as tmp:
-            flat.to_csv(tmp, index=False)
-        return path
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False, engine="pyarrow")
-    return path
-
-
-def read_per_query(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a per-query table written by :func:`write_per_query` (parquet or its CSV fallback)."""
-    path = Path(path)
-    if not path.exists() and path.with_suffix(".csv").exists():
-        path = path.with_suffix(".csv")
-    if not path.exists():
-        raise FileNotFoundError(f"no per-query table at {path}; run `python -m isa_demo eval ...` first")
-    if path.suffix == ".csv":
-        df = pd.read_csv(path)
-        for col in LIST_COLUMNS:
-            if col in df:
-                df[col] = df[col].map(json.loads)
-        return df
-    return pd.read_parquet(path)
 
 
 def now_utc() -> str:
@@ -235,7 +182,7 @@ def gallery_features(bench: Benchmark, vl, cache_dir: str | os.PathLike | None =
         raise EvalError(bench.missing_summary() + "; the gallery cannot be encoded without its images")
     key = gallery_cache_key(bench, vl)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    name = f"gallery_{_slug(bench.name)}_{_slug(bench.split)}_{digest}.pt"
+    name = f"gallery_{slug(bench.name)}_{slug(bench.split)}_{digest}.pt"
     cache = Path(cache_dir or default_cache_dir(bench)) / name
     if cache.exists():
         saved = torch.load(cache, map_location="cpu", weights_only=True)

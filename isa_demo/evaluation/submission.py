@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
+from ..errors import UserError
 from ..common import write_json
 
 CIRR_TOP = 50
@@ -19,8 +20,8 @@ CIRR_SUBSET_TOP = 3
 CIRCO_TOP = 50
 
 
-class SubmissionError(ValueError):
-    pass
+class SubmissionError(UserError, ValueError):
+    """Predictions that cannot be written in the benchmark's submission format."""
 
 
 def _top_unique(ids: Sequence, k: int, what: str) -> list:

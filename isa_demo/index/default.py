@@ -14,13 +14,12 @@ from typing import Callable
 import numpy as np
 
 from ..common import file_sha256
+from ..settings import DEFAULT_INDEX_DIR, WORLD_DIR
 from ..world import World, build_world
 from .encode import GalleryError, Progress, encode_tensor
 from .gallery import META, GalleryIndex
 
-REPO = Path(__file__).resolve().parents[2]
-WORLD_DIR = REPO / "data" / "world"
-INDEX_DIR = REPO / "galleries" / "world-test"
+INDEX_DIR = DEFAULT_INDEX_DIR
 SPOT_CHECKS = 64  # images whose content hash is compared with the index on load
 
 

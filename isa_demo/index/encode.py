@@ -20,12 +20,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..common import ImageError, load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
-class GalleryError(RuntimeError):
+class GalleryError(UserError, RuntimeError):
     """A gallery index that cannot be built, loaded or extended as asked."""
 
 

@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import faiss
 import numpy as np
 
+from ..vl.model import describe_identity, same_model
 from . import ann
 from .encode import IMAGE_EXTENSIONS, Encoded, GalleryError, encode_files, scan_folder
 
@@ -40,25 +41,6 @@ class GalleryIdentityError(GalleryError):
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def describe_identity(identity: dict | None) -> str:
-    if not identity:
-        return "an unknown model"
-    sha = identity.get("checkpoint_sha256")
-    sha = (sha[:12] + "...") if sha and len(sha) > 40 else sha
-    return (f"{identity.get('name')} (pretrained={identity.get('pretrained')}, checkpoint={sha}, "
-            f"embed_dim={identity.get('embed_dim')})")
-
-
-def same_model(a: dict, b: dict) -> bool:
-    """Same weights: compared by checkpoint hash when both have one (a moved or renamed checkpoint
-    file is the same model), otherwise by every identity field."""
-    if a.get("checkpoint_sha256") and b.get("checkpoint_sha256"):
-        keys = ("name", "checkpoint_sha256", "embed_dim")
-    else:
-        keys = tuple(sorted(set(a) | set(b)))
-    return all(a.get(k) == b.get(k) for k in keys)
 
 
 def check_identity(index_identity: dict, query_identity: dict, where: str | os.PathLike) -> None:

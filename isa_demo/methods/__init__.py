@@ -10,11 +10,13 @@ from typing import Callable
 from .base import PROMPT, Method, QueryError, clean_modifier
 from .baselines import ImageOnly, Sum, TextOnly, caption_oracle
 
+from ..settings import LIGHTEST_BACKBONE
+
 METHODS: dict[str, Callable[..., Method]] = {
     "image-only": lambda vl, **kw: ImageOnly(vl),
     "text-only": lambda vl, **kw: TextOnly(vl),
     "sum": lambda vl, **kw: Sum(vl),
-    "isa": lambda vl, backbone="mobilenetv3_small_100", checkpoint=None, prompt=PROMPT, **kw:
+    "isa": lambda vl, backbone=LIGHTEST_BACKBONE, checkpoint=None, prompt=PROMPT, **kw:
         _isa(vl, backbone, checkpoint, prompt),
     "isa-symmetric": lambda vl, checkpoint=None, prompt=PROMPT, **kw: _isa(vl, "symmetric", checkpoint, prompt),
     "masked-ti": lambda vl, checkpoint=None, prompt=PROMPT, **kw: _masked_ti(vl, "masked-ti", checkpoint, prompt),
@@ -26,7 +28,7 @@ PROMPT_METHODS = ("isa", "isa-symmetric", "masked-ti", "single-token")  # those 
 def _isa(vl, backbone, checkpoint, prompt):
     from .isa import ISA
 
-    return ISA(vl, backbone=backbone or "mobilenetv3_small_100", checkpoint=checkpoint, prompt=prompt)
+    return ISA(vl, backbone=backbone or LIGHTEST_BACKBONE, checkpoint=checkpoint, prompt=prompt)
 
 
 def _masked_ti(vl, name, checkpoint, prompt):
@@ -45,8 +47,8 @@ def shipped_variants() -> list[dict]:
     """Every method/backbone the project ships, as ``create_method`` arguments:
     ``{"method": name, "backbone": str | None, "checkpoint": path | None}``. ``bench accuracy``
     evaluates exactly these (plus the caption oracle)."""
-    from ..encoders import SHIPPED_BACKBONES, SYMMETRIC, shipped_checkpoint
-    from .masked_ti import shipped_variants as masked_ti_variants
+    from ..models import SHIPPED_BACKBONES, SYMMETRIC, shipped_checkpoint
+    from ..models.masked_ti import shipped_variants as masked_ti_variants
 
     out = [{"method": name, "backbone": None, "checkpoint": None} for name in ("image-only", "text-only", "sum")]
     for b in SHIPPED_BACKBONES + [SYMMETRIC]:

@@ -12,14 +12,11 @@ from typing import Any, Sequence
 import torch
 
 from ..common import load_image
+from ..errors import QueryError
 from ..vl.model import VLModel
 
 PROMPT = "a photo of * that {modifier}"
 MAX_MODIFIER_CHARS = 1000
-
-
-class QueryError(ValueError):
-    """Bad query input (empty modifier, unreadable image ...): the message is for the user."""
 
 
 def clean_modifier(text: str | None) -> str:

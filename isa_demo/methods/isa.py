@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from ..encoders import SYMMETRIC, QueryEncoder, shipped_checkpoint
+from ..settings import LIGHTEST_BACKBONE
+from ..models import SYMMETRIC, QueryEncoder, shipped_checkpoint
 from .base import PROMPT, PseudoTokenMethod
 
 
 class ISA(PseudoTokenMethod):
-    def __init__(self, vl, backbone: str = "mobilenetv3_small_100", checkpoint=None, prompt: str = PROMPT, **_):
+    def __init__(self, vl, backbone: str = LIGHTEST_BACKBONE, checkpoint=None, prompt: str = PROMPT, **_):
         super().__init__(vl, prompt)
         path = checkpoint or shipped_checkpoint(backbone)
         self.encoder = QueryEncoder.load(path, vl, backbone=None if checkpoint else backbone)

@@ -1,38 +1,90 @@
-"""`python -m isa_demo train isa ...`"""
+"""`python -m isa_demo train vl|isa|masked-ti`: every hyperparameter flag is generated from the
+trainer's signature (:func:`isa_demo.options.add_function_args`), so each default is written once."""
 from __future__ import annotations
+
+from ..options import add_device_arg, add_function_args, add_vl_args, add_world_arg, function_kwargs
+
+VL_HELP = {
+    "name": "registered open_clip config to train",
+    "epochs": "passes over the train images (the shipped model's recipe)",
+    "batch_size": "images per step", "lr": "peak learning rate (AdamW, cosine)", "weight_decay": "AdamW weight decay",
+    "seed": "random seed", "max_images": "use only the first N train images",
+}
+ISA_HELP = {
+    "num_tokens": "pseudo-sentence length L",
+    "lar": "local alignment option (none: GCD alone, which measured better; see README)",
+    "lar_weight": "weight of the LAR loss", "tau": "InfoNCE temperature", "steps": "training steps",
+    "batch_size": "images per step", "lr": "peak learning rate (AdamW, cosine)",
+    "images": "number of unlabeled train images used",
+    "image_size": "light backbone input size (the world's images are 128 px, the VL tower sees 96 px)",
+    "seed": "random seed",
+}
+MASKED_TI_HELP = {
+    "tau": "CAM threshold: pixels above it are masked", "w_qt": "query-target loss weight (0: single-token)",
+    "w_orig": "original loss weight",
+    "query_text": "text half of the training query: scene graph 'add a large red star at the top left', caption "
+                  "noun phrase 'add a large red star', or 'add a star'",
+    "temperature": "InfoNCE temperature", "images": "number of world train images used", "steps": "training steps",
+    "batch_size": "pairs per step", "lr": "peak learning rate", "weight_decay": "AdamW weight decay",
+    "dropout": "dropout of Phi",
+    "fill": "colour of the masked region: the image's median / mean colour, or grey",
+    "cam_mode": "layercam: grad x activation of every ViT block, averaged; gradcam: classic Grad-CAM on the last "
+                "block; gradxact: grad x activation of the last block",
+    "cam_baseline": "the CAM target is cos(image, 'a photo of a NOUN') minus cos(image, this); '' for none",
+    "cam_text": "name the noun phrase ('a photo of a large red star') or the noun alone in the CAM text",
+    "seed": "random seed",
+    "name": "checkpoint name (default from the settings: masked-ti, masked-ti-tau0.2, single-token, ...)",
+}
+
+
+def _outputs(p, what: str) -> None:
+    p.add_argument("--out", default=None, help=f"checkpoint to write (default: {what})")
+    p.add_argument("--state", dest="state_path", default=None,
+                   help="resumable state file (default: under runs/; rerun the same command to resume)")
 
 
 def register(sub) -> None:
+    from .isa import train_isa
+    from .masked_ti import QUERY_TEXTS, train_masked_ti
+    from .cam import CAM_MODES, CAM_TEXTS, FILLS
+    from .vl import train_vl
+
+    p = sub.add_parser("vl", help="train the built-in VL model from scratch on the world's captions",
+                       description="Train the registered open_clip config on the world's train image-caption "
+                                   "pairs (symmetric CLIP loss). Resumable: rerun the same command.")
+    add_world_arg(p)
+    add_function_args(p, train_vl, VL_HELP)
+    _outputs(p, "assets/vl/NAME.safetensors")
+    add_device_arg(p)
+    p.set_defaults(func=lambda a: _run(train_vl, a, VL_HELP))
+
     p = sub.add_parser("isa", help="train an ISA query encoder (GCD + LAR) on unlabeled world images",
                        description="Train a light backbone + adaptive token learner against the frozen VL model "
                                    "on unlabeled images only. Resumable: rerun the same command.")
     p.add_argument("--backbone", required=True, help="any timm model name, or 'symmetric' (frozen VL tower)")
-    p.add_argument("--world", default="data/world")
-    p.add_argument("--num-tokens", "-L", type=int, default=4, help="pseudo-sentence length L")
-    p.add_argument("--lar", choices=["late", "vocab", "none"], default="none",
-                   help="local alignment option (default none: GCD alone, which measured better; see README)")
-    p.add_argument("--lar-weight", type=float, default=0.5)
-    p.add_argument("--tau", type=float, default=0.05, help="InfoNCE temperature")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--images", type=int, default=50000, help="number of unlabeled train images used")
-    p.add_argument("--image-size", type=int, default=96,
-                   help="light backbone input size (the world's images are 128 px, the VL tower sees 96 px)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="checkpoint (default: assets/checkpoints/isa/BACKBONE.safetensors)")
-    p.add_argument("--state", default=None, help="resumable state file (default: runs/isa/...)")
-    p.add_argument("--vl-model", default=None, help="open_clip model name (default: the built-in model)")
-    p.add_argument("--vl-pretrained", default="builtin")
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=_train)
+    add_world_arg(p)
+    add_function_args(p, train_isa, ISA_HELP, choices={"lar": ["late", "vocab", "none"]}, short={"num_tokens": "-L"})
+    _outputs(p, "assets/checkpoints/isa/BACKBONE.safetensors for the built-in VL model, runs/isa/ otherwise")
+    add_vl_args(p)
+    p.set_defaults(func=lambda a: _run(train_isa, a, ISA_HELP, backbone=a.backbone, vl_name=a.vl_model,
+                                       vl_pretrained=a.vl_pretrained))
+
+    p = sub.add_parser("masked-ti", help="train the masked image-text pair textual inversion (or single-token)",
+                       description="Train Phi (VL image feature -> one pseudo word) on the world's train "
+                                   "image-caption pairs with CAM-masked images (METHOD.md 4). --w-qt 0 trains the "
+                                   "single-token baseline. The frozen features, CAMs and masked features are "
+                                   "cached under WORLD/cache/masked_ti/. Resumable: rerun the same command.")
+    add_world_arg(p)
+    add_function_args(p, train_masked_ti, MASKED_TI_HELP,
+                      choices={"query_text": QUERY_TEXTS, "fill": FILLS, "cam_mode": CAM_MODES, "cam_text": CAM_TEXTS})
+    _outputs(p, "assets/checkpoints/masked-ti/NAME.safetensors for the built-in VL model, runs/masked-ti/ otherwise")
+    add_vl_args(p)
+    p.set_defaults(func=lambda a: _run(train_masked_ti, a, MASKED_TI_HELP, cam_baseline=a.cam_baseline or None,
+                                       vl_name=a.vl_model, vl_pretrained=a.vl_pretrained))
 
 
-def _train(args) -> int:
-    from .isa import train_isa
-
-    train_isa(args.world, args.backbone, out=args.out, num_tokens=args.num_tokens, steps=args.steps,
-              batch_size=args.batch_size, lr=args.lr, lar=args.lar, lar_weight=args.lar_weight, tau=args.tau,
-              images=args.images, image_size=args.image_size, seed=args.seed, state_path=args.state, device=args.device,
-              vl_name=args.vl_model, vl_pretrained=args.vl_pretrained)
+def _run(trainer, args, helps: dict, **extra) -> int:
+    kwargs = {**function_kwargs(args, trainer, helps), "out": args.out, "state_path": args.state_path,
+              "device": args.device, **extra}
+    trainer(args.world, **kwargs)
     return 0

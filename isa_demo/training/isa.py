@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..common import atomic_path, default_device
-from ..encoders import SYMMETRIC, EncoderConfig, QueryEncoder, check_backbone_name, shipped_checkpoint, tokens_to_map
+from ..models import SYMMETRIC, EncoderConfig, QueryEncoder, check_backbone_name, shipped_checkpoint, tokens_to_map
 from ..vl import load_vl
 from ..world import World, caption
-from .state import cosine_schedule, load_state, save_state
+from .losses import info_nce, lar_late, lar_vocab
+from .state import cosine_schedule, load_state, output_paths, save_state
 
 SENTENCE_PROMPT = "a photo of *"
 
@@ -52,29 +53,12 @@ def cached_vl_features(vl, world: World, n: int, batch_size: int = 128) -> tuple
     return out["global"], out["local"]
 
 
-def info_nce(logits: torch.Tensor) -> torch.Tensor:
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
-def lar_late(h: torch.Tensor, p: torch.Tensor, tau: float) -> torch.Tensor:
-    """``h (B, L, D)`` sentence token features, ``p (B, K, D)`` image local features (normalized)."""
-    sims = torch.einsum("jld,ikd->ijlk", F.normalize(h, dim=-1), p)  # image i, sentence j
-    s = sims.max(-1).values.mean(-1)  # (B_img, B_sent)
-    return info_nce(s / tau)
-
-
 def learned_vocab(vl, world: World, n: int = 2000) -> torch.Tensor:
     """Token ids of the words the VL model learned (those of the world's train captions)."""
     rng = np.random.default_rng(0)
     recs = world.records("train")[:n]
     ids = vl.tokenize([caption(r["scene"], rng) for r in recs])
     return torch.unique(ids[ids > 0])
-
-
-def lar_vocab(words: torch.Tensor, vocab_emb: torch.Tensor) -> torch.Tensor:
-    cos = F.normalize(words, dim=-1) @ F.normalize(vocab_emb, dim=-1).T
-    return (1 - cos.max(-1).values).mean()
 
 
 def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int = 4, steps: int = 4000,
@@ -86,7 +70,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
         raise ValueError(f"--lar must be late, vocab or none, not {lar!r}")
     device = device or default_device()
     torch.manual_seed(seed)
-    vl = load_vl(vl_name, vl_pretrained, device=device) if vl_name else load_vl(device=device)
+    vl = load_vl(vl_name, vl_pretrained, device=device)
     w = World(world)
     n = min(images, len(w.records("train")))
     g_all, loc_all = cached_vl_features(vl, w, n)
@@ -99,9 +83,8 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = cosine_schedule(opt, warmup=min(100, steps // 10 + 1), total=steps)
     tag = f"{backbone}_L{num_tokens}_{lar}_{steps}"
-    state_path = Path(state_path or Path("runs") / "isa" / f"{tag}.state.pt")
+    out, state_path = output_paths("isa", tag, vl, shipped_checkpoint(backbone), out, state_path)
     step, extra = load_state(state_path, enc, opt, sched)
-    out = Path(out) if out else shipped_checkpoint(backbone)
     elapsed = float(extra.get("elapsed_s", 0.0))
     prompts = [SENTENCE_PROMPT] * batch_size
 

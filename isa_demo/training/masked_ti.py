@@ -5,49 +5,9 @@ Per training pair (image ``I``, caption ``T``):
 1. Noun: one maskable noun chunk of ``T`` (:mod:`isa_demo.training.nouns`, rule based, offline).
    On world images the chunks are exactly the scene's objects (their shape words), so every
    (image, object) pair is a training pair; one of an image's pairs is drawn at each visit.
-2. CAM of that noun on ``I`` with the frozen VL model, Grad-CAM style on the ViT image tower.
-   Target ``S = cos(E_I(I), t_noun) - cos(E_I(I), t_base)`` with ``t_noun`` the text feature
-   of "a photo of a {noun phrase}" ("a photo of a large red star": the chunk's modifiers and
-   its noun; ``cam_text="noun"`` names the noun alone, "a photo of a star") and ``t_base`` that
-   of "a photo" (``cam_baseline``; subtracting it removes the gradient that every text shares).
-   Activations ``A``: the tokens entering a block's attention (its ``ln_1`` output; the last
-   block's *output* patch tokens never reach the pooled class token, so their gradient is
-   zero). ``cam_mode``:
-   - ``layercam`` (default): per patch token ``ReLU(sum_c dS/dA_kc * A_kc)`` for every block,
-     each max-normalized, averaged over the blocks;
-   - ``gradcam``: classic Grad-CAM on the last block, channel weights = gradient averaged over
-     the patch tokens, ``ReLU(sum_c w_c A_kc)``;
-   - ``gradxact``: the ``layercam`` map of the last block only.
-   The map is min-max normalized to [0, 1] per image and bilinearly upsampled to the image.
-   The defaults were chosen by measurement (:func:`cam_localization`, i.e.
-   ``python -m isa_demo masking-sheet --measure 128 --cam-mode M --cam-baseline B --cam-text T``;
-   128 world train images with 1-3 objects, tau 0.3; the named object's grid cell is 1/9 of
-   the image; "pointing": the CAM's maximum lies in the named object's cell), with the
-   built-in VL model isa-world-vit (sha256 ef8c543a...), 2026-11-22:
-
-   ======================================  ========  ============  ======  =====  ==========
-   CAM (mode, baseline, text)              pointing  pointing_any  masked  cell   background
-                                                                   pixels  cover  masked
-   ======================================  ========  ============  ======  =====  ==========
-   gradcam, none, noun (the literal spec)  0.37      0.66          86%     63%    93%
-   gradcam, "a photo", noun                0.46      0.88          37%     45%    35%
-   layercam, none, noun                    0.31      0.67          69%     61%    73%
-   layercam, "a photo", noun               0.59      0.99          17%     60%     4%
-   gradcam, "a photo", phrase              0.71      0.94          11%     47%     5%
-   gradxact, "a photo", phrase             0.79      0.99           7%     38%     1%
-   layercam, "a photo", phrase (default)   0.91      1.00          14%     83%     2%
-   same, tau 0.2 / 0.4                     0.91      1.00          19/10%  92/71% 4/0.6%
-   ======================================  ========  ============  ======  =====  ==========
-
-   Classic Grad-CAM against the plain noun mostly highlights the *background* (the "opposite
-   visualization" of CLIP-style models); the baseline removes most of that, the layer average
-   covers the object where the last block alone finds only its centre, and naming the noun
-   phrase (the caption's own words) picks the right one of several objects.
-3. ``I_m``: the pixels whose CAM exceeds ``tau`` are filled with the image's median colour
-   (``fill="median"``: on world images that is the background colour, so the object is erased
-   rather than painted over; the mean of the unmasked pixels was tried first and turns into
-   the object's colour when the CAM fails and masks most of the image), its mean colour
-   (``mean``) or mid grey (``grey``). A CAM that is zero everywhere masks nothing.
+2. CAM of that noun on ``I`` with the frozen VL model, and 3. ``I_m``: the image with the pixels
+   whose CAM exceeds ``tau`` filled: both in :mod:`isa_demo.training.cam`, with the measurements
+   that chose the defaults.
 4. Losses, VL model frozen, only ``Phi`` learns (the gradient flows through the frozen text
    tower to the pseudo word):
    - query-target: ``u_q = normalize(E_T("a photo of * that {text}"))`` with
@@ -83,143 +43,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ..common import atomic_path, default_device, load_image
+from ..common import atomic_path, default_device
 from ..methods.base import PROMPT
-from ..methods.masked_ti import ORIGINAL_PROMPT, Phi, save_phi, shipped_checkpoint
+from ..models.masked_ti import Phi, save_phi, shipped_checkpoint
 from ..world import World
-from ..world.scene import CELL_PHRASES, SHAPES
-from .nouns import NounChunk, cam_prompt, extract_nouns, mask_caption, pick_noun
-from .state import cosine_schedule, load_state, save_state
+from ..world.scene import CELL_PHRASES
+from .cam import CAM_BASELINE, FILLS, compute_cams, mask_images, upsample_cam
+from .losses import info_nce
+from .nouns import NounChunk, extract_nouns
+from .state import cosine_schedule, load_state, output_paths, save_state
 
 QUERY_TEXTS = ("scene", "phrase", "noun")
-FILLS = ("median", "mean", "grey")
-CAM_MODES = ("layercam", "gradcam", "gradxact")
-CAM_BASELINE = "a photo"
-CAM_TEXTS = ("phrase", "noun")
-
-
-# ----------------------------------------------------------------------------- CAM and masking
-def grad_cam(vl, x: torch.Tensor, text_features: torch.Tensor, mode: str = "layercam",
-             baseline: torch.Tensor | None = None) -> torch.Tensor:
-    """Class-activation maps ``(B, gh, gw)`` in [0, 1] of normalized text features ``(B, D)`` on
-    images ``x`` (normalized model input); needs a ViT image tower (see the module doc).
-
-    Target: ``cos(E_I(x), t)``, minus ``cos(E_I(x), baseline)`` when a baseline text feature is
-    given. Activations ``A``: the input tokens of a block's attention (its ``ln_1`` output).
-    ``gradcam``: last block, ``ReLU(sum_c mean_k(dS/dA_kc) A_kc)``; ``gradxact``: last block,
-    ``ReLU(sum_c dS/dA_kc A_kc)`` per token; ``layercam``: ``gradxact`` of every block, each
-    max-normalized, averaged. Each map is min-max normalized per image.
-    """
-    if mode not in CAM_MODES:
-        raise ValueError(f"cam mode must be one of {CAM_MODES}, not {mode!r}")
-    v = vl.model.visual
-    if not hasattr(v, "transformer") or not hasattr(v, "grid_size"):
-        raise ValueError(f"CAMs need a ViT image tower; {vl.name} has {type(v).__name__}")
-    gh, gw = v.grid_size
-    n = gh * gw
-    blocks = list(v.transformer.resblocks)
-    blocks = blocks if mode == "layercam" else blocks[-1:]
-    store: dict[int, torch.Tensor] = {}
-    hooks = [blk.ln_1.register_forward_hook((lambda j: lambda m, i, o: store.__setitem__(j, o))(j))
-             for j, blk in enumerate(blocks)]
-    try:
-        with torch.enable_grad():
-            x = x.to(vl.device).detach().requires_grad_(True)
-            feat = F.normalize(vl.model.encode_image(x).float(), dim=-1)
-            score = (feat * text_features.to(feat)).sum(-1)
-            if baseline is not None:
-                score = score - feat @ baseline.to(feat).view(-1)
-            acts = [store[j] for j in range(len(blocks))]
-            grads = torch.autograd.grad(score.sum(), acts)
-    finally:
-        for h in hooks:
-            h.remove()
-    cams = []
-    for act, grad in zip(acts, grads):
-        if not getattr(v.transformer, "batch_first", True):
-            act, grad = act.transpose(0, 1), grad.transpose(0, 1)
-        # patch tokens come after the class / register tokens
-        act, grad = act.detach().float()[:, -n:], grad.float()[:, -n:]
-        cam = (grad.mean(1, keepdim=True) * act).sum(-1) if mode == "gradcam" else (grad * act).sum(-1)
-        cam = cam.clamp(min=0).view(-1, gh, gw)
-        cams.append(cam / cam.flatten(1).max(-1).values.clamp(min=1e-12).view(-1, 1, 1))
-    cam = torch.stack(cams).mean(0)
-    lo = cam.flatten(1).min(-1).values.view(-1, 1, 1)
-    hi = cam.flatten(1).max(-1).values.view(-1, 1, 1)
-    return torch.where(hi > lo, (cam - lo) / (hi - lo).clamp(min=1e-12), torch.zeros_like(cam))
-
-
-def upsample_cam(cams: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """``(B, gh, gw)`` -> ``(B, H, W)`` (bilinear; stays in [0, 1])."""
-    size = (size, size) if isinstance(size, int) else size
-    up = F.interpolate(cams.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return up.clamp_(0, 1)
-
-
-def mask_images(images: np.ndarray, cams_up: np.ndarray | torch.Tensor, tau: float,
-                fill: str = "median") -> tuple[np.ndarray, np.ndarray]:
-    """Fill the pixels whose CAM exceeds ``tau``. ``images`` uint8 ``(B, H, W, 3)``, ``cams_up``
-    ``(B, H, W)``. Returns the masked images and the boolean masks.
-
-    ``fill``: ``median`` = the image's per-channel median colour (on world images the
-    background, whatever the mask covers), ``mean`` = its mean colour, ``grey`` = (128, 128, 128).
-    """
-    if fill not in FILLS:
-        raise ValueError(f"fill must be one of {FILLS}, not {fill!r}")
-    cams_up = cams_up.cpu().numpy() if isinstance(cams_up, torch.Tensor) else np.asarray(cams_up)
-    masks = cams_up > tau
-    out = np.array(images, dtype=np.uint8, copy=True)
-    for b in range(out.shape[0]):
-        m = masks[b]
-        if not m.any():
-            continue
-        if fill == "grey":
-            colour = np.array([128, 128, 128], dtype=np.uint8)
-        elif fill == "median":
-            colour = np.median(out[b].reshape(-1, 3), axis=0).round().astype(np.uint8)
-        else:
-            colour = out[b].reshape(-1, 3).mean(0).round().astype(np.uint8)
-        out[b][m] = colour
-    return out, masks
-
-
-@torch.no_grad()
-def text_features(vl, texts: list[str]) -> torch.Tensor:
-    uniq = sorted(set(texts))
-    feats = vl.encode_texts(uniq)
-    pos = {t: i for i, t in enumerate(uniq)}
-    return feats[torch.tensor([pos[t] for t in texts], device=feats.device)]
-
-
-def compute_cams(vl, images: np.ndarray, nouns: list[NounChunk | str], mode: str = "layercam",
-                 baseline: str | None = CAM_BASELINE, cam_text: str = "phrase", batch_size: int = 64,
-                 progress: bool = False) -> torch.Tensor:
-    """CAMs ``(N, gh, gw)`` (CPU float) of each noun on its image (uint8 at the model size),
-    against ``"a photo of a {noun phrase}"`` (``cam_text="noun"``: ``"a photo of a {noun}"``;
-    a string is named as it is) minus the ``baseline`` prompt (None or "": no baseline)."""
-    if cam_text not in CAM_TEXTS:
-        raise ValueError(f"cam_text must be one of {CAM_TEXTS}, not {cam_text!r}")
-    prompts = [cam_prompt(c, cam_text) for c in nouns]
-    base = vl.encode_texts([baseline])[0] if baseline else None
-    out = []
-    for i in tqdm(range(0, len(prompts), batch_size), desc="CAMs", disable=not progress):
-        x = vl.uint8_to_tensor(np.array(images[i:i + batch_size]))
-        out.append(grad_cam(vl, x, text_features(vl, prompts[i:i + batch_size]), mode, base).cpu())
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def to_model_uint8(img, size: int) -> np.ndarray:
-    """Any image -> uint8 ``(size, size, 3)``: shorter side resized to ``size``, centre crop."""
-    img = load_image(img)
-    w, h = img.size
-    s = size / min(w, h)
-    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)).convert("RGB"))
+ORIGINAL_PROMPT = "a photo of *"
 
 
 # ----------------------------------------------------------------------------- pairs and texts
@@ -358,11 +195,6 @@ def cached_masked_features(vl, world: World, images: np.ndarray, pairs: Pairs, c
 
 
 # ----------------------------------------------------------------------------- training
-def info_nce(logits: torch.Tensor) -> torch.Tensor:
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
 def default_name(tau: float, w_qt: float, w_orig: float, query_text: str) -> str:
     if w_qt == 0:
         return "single-token" if w_orig == 1 else f"single-token-wo{w_orig:g}"
@@ -395,13 +227,12 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
         raise ValueError("loss weights must be >= 0 and not both 0")
     device = device or (vl.device if vl is not None else default_device())
     if vl is None:
-        vl = load_vl(vl_name, vl_pretrained, device=device) if vl_name else load_vl(device=device)
+        vl = load_vl(vl_name, vl_pretrained, device=device)
     torch.manual_seed(seed)
     w = world if isinstance(world, World) else World(world)
     method = "single-token" if w_qt == 0 else "masked-ti"
     name = name or default_name(tau, w_qt, w_orig, query_text)
-    out = Path(out) if out else shipped_checkpoint(name)
-    state_path = Path(state_path or Path("runs") / "masked-ti" / f"{name}.state.pt")
+    out, state_path = output_paths("masked-ti", name, vl, shipped_checkpoint(name), out, state_path)
     records = w.records("train")
     n = min(images, len(records))
     if n < 2:
@@ -480,151 +311,4 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
     save_phi(out, phi, vl.identity(), facts)
     if progress:
         print(json.dumps({"checkpoint": str(out), **facts}))
-    return out
-
-
-def cam_localization(vl, world: World, split: str = "train", n: int = 256, mode: str = "layercam",
-                     baseline: str | None = CAM_BASELINE, tau: float = 0.3, seed: int = 0,
-                     cam_text: str = "phrase") -> dict:
-    """How well the CAMs find the named object on world images, using the scene graphs.
-
-    ``pointing``: the CAM's argmax lies in the named object's grid cell; ``pointing_any``: in
-    any object's cell; ``masked_fraction``: pixels above ``tau``; ``cell_coverage``: fraction
-    of the named object's cell above ``tau``; ``outside_masked``: fraction of the pixels
-    outside every object cell above ``tau`` (background that gets erased)."""
-    recs = world.records(split)
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(recs), size=min(n, len(recs)), replace=False))
-    arr = world.image_array(split, vl.image_size, progress=False)
-    imgs = np.array(arr[idx])
-    objs = [recs[i]["scene"]["objects"][int(rng.integers(len(recs[i]["scene"]["objects"])))] for i in idx]
-    size = imgs.shape[1]
-    names = [f"{o['size']} {o['colour']} {o['shape']}" if cam_text == "phrase" else o["shape"] for o in objs]
-    ups = upsample_cam(compute_cams(vl, imgs, names, mode, baseline), size)
-    named = torch.zeros_like(ups, dtype=torch.bool)
-    anyobj = torch.zeros_like(named)
-    for b, (i, o) in enumerate(zip(idx, objs)):
-        for obj in recs[i]["scene"]["objects"]:
-            r, c = divmod(obj["cell"], 3)
-            sl = (b, slice(r * size // 3, (r + 1) * size // 3), slice(c * size // 3, (c + 1) * size // 3))
-            anyobj[sl] = True
-            if obj is o:
-                named[sl] = True
-    am = ups.flatten(1).argmax(1)
-    m = ups > tau
-    return {"images": len(idx), "mode": mode, "baseline": baseline or "", "cam_text": cam_text, "tau": tau,
-            "pointing": round(float(named.flatten(1)[torch.arange(len(idx)), am].float().mean()), 3),
-            "pointing_any": round(float(anyobj.flatten(1)[torch.arange(len(idx)), am].float().mean()), 3),
-            "masked_fraction": round(float(m.float().mean()), 3),
-            "cell_coverage": round(float((m & named).sum() / named.sum()), 3),
-            "outside_masked": round(float((m & ~anyobj).sum() / (~anyobj).sum()), 3)}
-
-
-# ----------------------------------------------------------------------------- visual check
-def _heat(cam: np.ndarray) -> np.ndarray:
-    """[0, 1] map -> RGB uint8 (a small jet-like colormap, no matplotlib needed)."""
-    c = np.clip(cam, 0, 1)[..., None]
-    stops = np.array([[0, 0, 128], [0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0], [128, 0, 0]], float)
-    pos = c * (len(stops) - 1)
-    lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
-    t = pos - lo
-    return (stops[lo[..., 0]] * (1 - t) + stops[lo[..., 0] + 1] * t).astype(np.uint8)
-
-
-@dataclass
-class SheetRow:
-    image: np.ndarray            # uint8 (S, S, 3) at the VL model's size
-    caption: str
-    chunk: NounChunk | None
-    text: str = ""               # the query text of this pair
-
-
-def sheet_rows_world(world: World, split: str, n: int, size: int, seed: int = 0,
-                     mode: str = "scene") -> list[SheetRow]:
-    recs = world.records(split)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in rng.choice(len(recs), size=min(n, len(recs)), replace=False):
-        rec = recs[int(i)]
-        chunk = pick_noun(rec["caption"], rng, allowed=set(SHAPES))
-        obj = next((o for o in rec["scene"]["objects"] if chunk and o["shape"] == chunk.head), None)
-        rows.append(SheetRow(to_model_uint8(world.image_path(rec), size), rec["caption"], chunk,
-                             query_text(chunk, mode, obj) if chunk else ""))
-    return rows
-
-
-def sheet_rows_captions(captions_json: str | Path, image_dir: str | Path, n: int, size: int,
-                        seed: int = 0) -> list[SheetRow]:
-    """Rows from a COCO-style captions file (``images`` + ``annotations``) and its image folder."""
-    d = json.loads(Path(captions_json).read_text())
-    files = {im["id"]: im["file_name"] for im in d.get("images", [])}
-    by_image: dict = {}
-    for a in d.get("annotations", []):
-        if (Path(image_dir) / files.get(a["image_id"], "")).is_file():
-            by_image.setdefault(a["image_id"], []).append(" ".join(a["caption"].split()))
-    rng = np.random.default_rng(seed)
-    ids = sorted(by_image)
-    rows = []
-    for i in rng.permutation(len(ids)):
-        caps = by_image[ids[int(i)]]
-        cap = caps[int(rng.integers(len(caps)))]
-        chunk = pick_noun(cap, rng)
-        if chunk is None:
-            continue
-        rows.append(SheetRow(to_model_uint8(Path(image_dir) / files[ids[int(i)]], size), cap, chunk,
-                             query_text(chunk, "phrase")))
-        if len(rows) >= n:
-            break
-    return rows
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + ([line] if line else [])
-
-
-def masking_sheet(vl, rows: list[SheetRow], tau: float, out: str | Path, fill: str = "median",
-                  cam_mode: str = "layercam", cam_baseline: str | None = CAM_BASELINE, cam_text: str = "phrase",
-                  panel: int = 160, title: str = "") -> Path:
-    """PNG sheet: one row per (image, CAM heatmap, masked image, masked caption + query text)."""
-    ok = [r for r in rows if r.chunk is not None]
-    imgs = np.stack([r.image for r in ok]) if ok else np.zeros((0, vl.image_size, vl.image_size, 3), np.uint8)
-    cams = (compute_cams(vl, imgs, [r.chunk for r in ok], cam_mode, cam_baseline, cam_text) if ok
-            else torch.zeros(0, 1, 1))
-    ups = upsample_cam(cams, imgs.shape[1:3]) if ok else cams
-    masked, masks = mask_images(imgs, ups, tau, fill) if ok else (imgs, None)
-    text_w, pad, head = 420, 6, 28
-    W = 3 * (panel + pad) + text_w + pad
-    H = head + len(ok) * (panel + pad) + pad
-    sheet = Image.new("RGB", (W, H), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 8), title or f"CAM ({cam_mode}) masking, tau={tau:g}, fill={fill}, VL={vl.name} "
-                                  f"({str(vl.checkpoint_sha256)[:10]})   columns: image | CAM | masked", fill=(0, 0, 0))
-
-    def put(arr, x, y):
-        sheet.paste(Image.fromarray(arr).resize((panel, panel), Image.Resampling.NEAREST), (x, y))
-
-    for j, r in enumerate(ok):
-        y = head + j * (panel + pad)
-        cam = ups[j].numpy()
-        overlay = (0.45 * r.image + 0.55 * _heat(cam)).astype(np.uint8)
-        put(r.image, pad, y)
-        put(overlay, pad + panel + pad, y)
-        put(masked[j], pad + 2 * (panel + pad), y)
-        lines = [f"noun: {r.chunk.head}   masked {100 * masks[j].mean():.0f}% of pixels", ""]
-        lines += _wrap(mask_caption(r.caption, r.chunk), 62)
-        if r.text:
-            lines += ["", "query text:"] + _wrap(r.text, 62)
-        tx = pad + 3 * (panel + pad)
-        for k, line in enumerate(lines[: panel // 12]):
-            draw.text((tx, y + 2 + 12 * k), line, fill=(0, 0, 0))
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        sheet.save(tmp, format="PNG")
     return out

@@ -7,6 +7,19 @@ from pathlib import Path
 import torch
 
 from ..common import atomic_path
+from ..settings import RUNS_DIR
+
+
+def output_paths(kind: str, tag: str, vl, shipped: Path, out=None, state=None) -> tuple[Path, Path]:
+    """Where a trainer writes its checkpoint and its resumable state, unless told.
+
+    The checkpoint goes to the shipped path (``assets/``) only when training for the built-in VL
+    model's shipped weights; for any other VL model (a pretrained tag, random weights) it goes to
+    ``RUNS_DIR/kind/TAG--VLNAME.safetensors``, so an experiment never overwrites a shipped model.
+    The state goes to ``RUNS_DIR/kind/TAG[--VLNAME].state.pt``."""
+    suffix = "" if vl.is_builtin else f"--{vl.name}"
+    default_out = shipped if vl.is_builtin else RUNS_DIR / kind / f"{tag}{suffix}.safetensors"
+    return Path(out or default_out), Path(state or RUNS_DIR / kind / f"{tag}{suffix}.state.pt")
 
 
 def save_state(path: str | os.PathLike, step: int, model: torch.nn.Module, optimizer, scheduler=None,

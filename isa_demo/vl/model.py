@@ -22,21 +22,47 @@ import torch
 import torch.nn.functional as F
 
 from ..common import default_device, file_sha256, load_image, read_metadata
+from ..errors import VLLoadError
+from ..settings import BUILTIN_PRETRAINED, BUILTIN_VL, VL_ASSETS_DIR, parse_pretrained
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-BUILTIN_NAME = "isa-world-vit"
+BUILTIN_NAME = BUILTIN_VL
 PLACEHOLDER = "*"
+IDENTITY_KEYS = ("name", "checkpoint_sha256", "embed_dim")
 
 open_clip.add_model_config(CONFIG_DIR)
 
 
-class VLLoadError(RuntimeError):
-    pass
-
-
 def builtin_checkpoint(name: str = BUILTIN_NAME) -> Path:
-    return ASSETS / "vl" / f"{name}.safetensors"
+    return VL_ASSETS_DIR / f"{name}.safetensors"
+
+
+# ------------------------------------------------------------------ identity
+# Every artifact made with a VL model (a query-encoder or masked-pair checkpoint, a gallery index)
+# records ``VLModel.identity()``; these three functions are the one check that it meets the same model.
+def same_model(a: dict, b: dict) -> bool:
+    """Same weights: compared by checkpoint hash when both have one (a moved or renamed checkpoint
+    file is the same model), otherwise by every identity field."""
+    keys = IDENTITY_KEYS if a.get("checkpoint_sha256") and b.get("checkpoint_sha256") else sorted(set(a) | set(b))
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def describe_identity(identity: dict | None) -> str:
+    if not identity:
+        return "an unknown model"
+    sha = identity.get("checkpoint_sha256")
+    sha = (sha[:12] + "...") if sha and len(sha) > 40 else sha
+    return (f"{identity.get('name')} (pretrained={identity.get('pretrained')}, checkpoint={sha}, "
+            f"embed_dim={identity.get('embed_dim')})")
+
+
+def identity_mismatch(found: dict, expected: dict, made: str = "was trained for") -> str | None:
+    """None when ``found`` (an artifact's recorded identity) is the ``expected`` VL model, else the
+    reason, naming both: "<made> VL model A (...), but the loaded VL model is B (...)"."""
+    if same_model(found, expected):
+        return None
+    return (f"{made} VL model {describe_identity(found)}, but the loaded VL model is {describe_identity(expected)} "
+            f"(expected {expected.get('name')}, found {found.get('name')})")
 
 
 def model_config(name: str) -> dict:
@@ -101,6 +127,11 @@ class VLModel:
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
 
     # ------------------------------------------------------------------ identity
+    @property
+    def is_builtin(self) -> bool:
+        """The shipped weights of a built-in model (what the shipped query models were trained for)."""
+        return self.pretrained is not None and Path(self.pretrained) == builtin_checkpoint(self.name)
+
     def identity(self) -> dict:
         """What an index or a query-encoder checkpoint records to check it meets the same model."""
         return {"name": self.name, "pretrained": _display_pretrained(self.pretrained),
@@ -295,14 +326,19 @@ def load_state_checked(model, path: str | os.PathLike, name: str) -> None:
                           f"configuration {name!r}: {' '.join(first)}") from None
 
 
-def load_vl(name: str = BUILTIN_NAME, pretrained: str | None = "builtin", device: str | None = None,
+def load_vl(name: str | None = BUILTIN_NAME, pretrained: str | None = BUILTIN_PRETRAINED, device: str | None = None,
             **model_kwargs) -> VLModel:
-    """Load an open_clip model as a frozen :class:`VLModel` (see module doc for ``pretrained``)."""
+    """Load an open_clip model as a frozen :class:`VLModel` (see module doc for ``pretrained``).
+
+    ``name`` None is the built-in model; ``pretrained`` is read by
+    :func:`isa_demo.settings.parse_pretrained` ("none" / "random" / "" / None: random weights)."""
+    name = name or BUILTIN_NAME
+    pretrained = parse_pretrained(pretrained)
     device = device or default_device()
     model_config(name)
     ckpt_hash = None
     local = None
-    if pretrained == "builtin":
+    if pretrained == BUILTIN_PRETRAINED:
         local = builtin_checkpoint(name)
         if not local.exists():
             raise VLLoadError(f"no built-in checkpoint for {name!r} at {local}; train one with "

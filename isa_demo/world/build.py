@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..common import atomic_path, write_json, write_text
 from .render import IMAGE_SIZE, render
 from .scene import ALL_MOD_TYPES, caption, modify, near_variant, random_scene, scene_key
@@ -39,8 +40,8 @@ SPLITS = ("test", "val", "train")  # generation order: test first, later splits 
 EXTRA_GT_PROB = 0.3  # chance that a target scene gets a second render in the gallery
 
 
-class WorldError(RuntimeError):
-    pass
+class WorldError(UserError, RuntimeError):
+    """A world directory that cannot be built or read as asked."""
 
 
 def _rng(seed: int, *parts) -> np.random.Generator:

@@ -1,12 +1,14 @@
 """`python -m isa_demo world ...`"""
 from __future__ import annotations
 
+from ..options import add_world_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("build", help="render the built-in world (train/val/test) deterministically",
                        description="Render the built-in world into DIR: images, scene graphs, CIRR and CIRCO "
                                    "layouts. Same seed and size give the same bytes; an interrupted build resumes.")
-    p.add_argument("--out", default="data/world", help="output directory (default: data/world)")
+    add_world_arg(p, "--out", "output directory")
     p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     p.add_argument("--size", choices=["small", "full"], default="full", help="small: for tests; full: the benchmark")
     p.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count)")
@@ -15,7 +17,7 @@ def register(sub) -> None:
     p.set_defaults(func=_build)
 
     p = sub.add_parser("info", help="summarise a built world")
-    p.add_argument("--world", default="data/world", help="world directory")
+    add_world_arg(p)
     p.set_defaults(func=_info)
 
 

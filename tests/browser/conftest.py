@@ -54,7 +54,7 @@ def artifacts():
 
 @pytest.fixture(scope="session")
 def app_url(tiny_vl, small_world, tmp_path_factory):
-    from isa_demo.app.testing import serve, tiny_service
+    from helpers import serve, tiny_service
 
     service = tiny_service(tiny_vl, small_world, tmp_path_factory.mktemp("browser-app"))
     demo, url = serve(service)

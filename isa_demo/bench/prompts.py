@@ -13,6 +13,8 @@ import json
 
 import pandas as pd
 
+from ..options import add_world_arg
+from ..settings import RESULTS_DIR
 from ..methods import PROMPT
 
 PROMPTS = [PROMPT, "a photo of *", "a photo of * {modifier}"]
@@ -20,21 +22,21 @@ VARIANTS = ["isa:mobilenetv3_small_100", "isa-symmetric", "masked-ti"]
 KEEP = ["R@1", "R@10", "Rs@1", "mAP@10"]
 
 
-def register_bench(sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("prompts", help="pseudo-token methods under several composition templates",
                        description=__doc__.splitlines()[0] + " " + " ".join(__doc__.splitlines()[1:3]))
-    p.add_argument("--world", default="data/world")
+    add_world_arg(p)
     p.add_argument("--variants", nargs="+", default=VARIANTS, help="METHOD or METHOD:BACKBONE (default: %(default)s)")
     p.add_argument("--prompts", nargs="+", default=PROMPTS, help="templates (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="only the first N queries")
-    p.add_argument("--out", default="assets/results/prompts.csv")
+    p.add_argument("--out", default=str(RESULTS_DIR / "prompts.csv"))
     p.set_defaults(func=_bench)
 
 
 def _bench(args) -> int:
-    from ..common import write_table
+    from ..evaluation.results import write_table
     from ..vl import load_vl
-    from .runner import build_method, evaluate
+    from ..evaluation.runner import build_method, evaluate
 
     vl = load_vl()
     gallery: dict = {}

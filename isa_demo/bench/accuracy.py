@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from ..common import atomic_path, write_json
-from .runner import (ORACLE, RESULTS_DIR, TABLE_TOP_K, CaptionOracle, EvalReport, build_method, evaluate,
+from ..options import add_world_arg, command_line
+from ..evaluation.results import ACCURACY_CSV
+from ..evaluation.runner import (ORACLE, RESULTS_DIR, TABLE_TOP_K, CaptionOracle, EvalReport, build_method, evaluate,
                      machine_info, now_utc)
 
-ACCURACY_CSV = "accuracy.csv"
 ID_COLUMNS = ["method", "backbone", "checkpoint", "vl_model", "vl_pretrained", "world", "split", "n_queries"]
 PROVENANCE_COLUMNS = ["command", "machine", "date"]
 
@@ -79,3 +80,35 @@ def bench_accuracy(world: str | os.PathLike, vl, split: str = "test", out: str |
         df.to_csv(tmp, index=False, float_format="%.4f")
     write_json(path.with_suffix(".json"), record, indent=2)
     return df, record
+
+
+# ----------------------------------------------------------------------------- command
+def register(sub) -> None:
+    from ..evaluation.cli import add_eval_args
+
+    p = sub.add_parser("accuracy", help="every shipped method/backbone on the world's test split",
+                       description="Run every shipped variant and the caption oracle on the world; write "
+                                   "assets/results/accuracy.csv (+ accuracy.json provenance).")
+    add_world_arg(p)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="results folder")
+    add_eval_args(p)
+    p.set_defaults(func=_accuracy)
+
+
+def _accuracy(args) -> int:
+    import sys
+
+    from ..evaluation.cli import load_eval_vl
+
+    df, record = bench_accuracy(args.world, load_eval_vl(args), split=args.split, out=args.out, limit=args.limit,
+                                progress=not args.quiet, command=command_line(args, "bench", "accuracy"),
+                                top_k=args.top_k, cache_dir=args.cache_dir)
+    cols = [c for c in ["method", "backbone", "R@1", "R@5", "R@10", "R@50", "Rs@1", "mAP@10", "R@1_of_oracle"]
+            if c in df]
+    print(df[cols].round(3).to_string(index=False))
+    print(f"wrote {args.out}/accuracy.csv and accuracy.json")
+    if record["skipped"]:
+        print(f"{len(record['skipped'])} variant(s) skipped (see accuracy.json)", file=sys.stderr)
+        return 1
+    return 0

@@ -15,7 +15,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from . import ann
+from ..index import ann
+from ..settings import RESULTS_DIR
 
 K = 10
 
@@ -101,7 +102,7 @@ def build(factory: str, x: np.ndarray, seed: int = 0) -> tuple[faiss.Index, floa
 def bench_index(n: int = 1_000_000, dims=(256, 512), factories=("HNSW32", "IVF{nlist},Flat"), queries: int = 1000,
                 target_recall: float = 0.95, clusters: int = 1000, latency_calls: int = 200, bandwidth_mb: int = 1024,
                 seed: int = 0, out: str | Path | None = None, log=print) -> pd.DataFrame:
-    from ..common import write_table
+    from ..evaluation.results import write_table
 
     bandwidth = copy_bandwidth(bandwidth_mb)
     threads = faiss.omp_get_max_threads()
@@ -141,3 +142,38 @@ def bench_index(n: int = 1_000_000, dims=(256, 512), factories=("HNSW32", "IVF{n
                 write_table(pd.DataFrame(rows), out)  # after every row: a long run keeps what it measured
         del x
     return pd.DataFrame(rows)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("index", help="exact vs approximate faiss search on synthetic clustered vectors",
+                       description="Build time, index bytes, recall@10 and query latency (p50/p99, batch 1 and 64) of "
+                                   "exact and approximate faiss indexes on n clustered unit vectors per dimension; "
+                                   "exact search at batch 1 is compared with the memory-bandwidth floor. Writes "
+                                   "assets/results/index.csv (+ .json with command, machine, date).")
+    p.add_argument("--n", type=int, default=1_000_000, help="gallery vectors (default 1,000,000)")
+    p.add_argument("--dims", type=int, nargs="+", default=[256, 512], help="dimensions (default 256 512)")
+    p.add_argument("--factories", nargs="+", default=["HNSW32", "IVF{nlist},Flat"],
+                   help="approximate faiss factory strings; {nlist} becomes ~4 sqrt(n) (default: HNSW32 "
+                        "IVF{nlist},Flat). Exact search (Flat) is always measured.")
+    p.add_argument("--queries", type=int, default=1000, help="queries for recall (half tune, half report)")
+    p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--clusters", type=int, default=1000, help="gaussian mixture components")
+    p.add_argument("--latency-calls", type=int, default=200, help="timed batch-1 searches (batch 64: a tenth)")
+    p.add_argument("--bandwidth-mb", type=int, default=1024, help="array size for the memory copy bandwidth")
+    p.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(RESULTS_DIR / "index.csv"))
+    p.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    import faiss
+
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    df = bench_index(args.n, args.dims, args.factories, args.queries, args.target_recall, args.clusters,
+                     args.latency_calls, args.bandwidth_mb, args.seed, args.out or None)
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0

@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..options import add_vl_args, add_world_arg, vl_kwargs
+from ..settings import RESULTS_DIR
 from ..world import World
-from .model import VLModel
+from ..vl.model import VLModel
 
 
 def _recall(scores: torch.Tensor, positives: list[set[int]], ks=(1, 5, 10)) -> dict:
@@ -35,3 +37,26 @@ def evaluate_vl(vl: VLModel, world: World, split: str = "test", batch_size: int 
         {"model": vl.name, "split": split, "direction": "caption->image", "queries": len(keys), "gallery": len(recs), **c2i},
         {"model": vl.name, "split": split, "direction": "image->caption", "queries": len(recs), "gallery": len(keys), **i2c},
     ])
+
+
+def register(sub) -> None:
+    p = sub.add_parser("vl", help="caption<->image retrieval of the VL model on the world (scene level)",
+                       description="Scene-level caption->image and image->caption Recall@1/5/10 on a world split; "
+                                   "writes assets/results/vl_retrieval.csv.")
+    add_world_arg(p)
+    p.add_argument("--split", default="test")
+    add_vl_args(p)
+    p.add_argument("--out", default=str(RESULTS_DIR / "vl_retrieval.csv"))
+    p.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    from ..evaluation.results import write_table
+    from ..vl import load_vl
+
+    df = evaluate_vl(load_vl(**vl_kwargs(args)), World(args.world), args.split)
+    print(df.to_string(index=False, float_format="%.4f"))
+    if args.out:
+        write_table(df, args.out)
+        print(f"wrote {args.out}")
+    return 0

@@ -7,15 +7,15 @@ import os
 import socket
 from pathlib import Path
 
-from .service import DemoService
+from isa_demo.app.service import DemoService
 
 TINY_BACKBONE = "mobilenetv3_small_100"
 
 
 def write_fake_checkpoints(vl, out: str | os.PathLike, num_tokens: int = 3) -> list[dict]:
     """Random-weight ISA (``mobilenetv3_small_100``) and masked-ti checkpoints for ``vl``."""
-    from ..encoders import EncoderConfig, QueryEncoder
-    from ..methods.masked_ti import Phi, save_phi
+    from isa_demo.models import EncoderConfig, QueryEncoder
+    from isa_demo.models.masked_ti import Phi, save_phi
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,8 +36,8 @@ def write_fake_results(vl, world_dir: str | os.PathLike, out: str | os.PathLike)
     ``sum`` baseline on the world's test split."""
     import pandas as pd
 
-    from ..evaluation import evaluate
-    from ..methods import create_method
+    from isa_demo.evaluation import evaluate
+    from isa_demo.methods import create_method
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,8 +62,8 @@ def write_fake_results(vl, world_dir: str | os.PathLike, out: str | os.PathLike)
 
 def tiny_service(vl, world_dir: str | os.PathLike, work: str | os.PathLike, results: bool = True) -> DemoService:
     """The demo service over ``world_dir``'s test split for ``vl``, everything else under ``work``."""
-    from ..index import default_gallery
-    from ..world import World
+    from isa_demo.index import default_gallery
+    from isa_demo.world import World
 
     work = Path(work)
     world = World(world_dir)
@@ -82,7 +82,7 @@ def free_port() -> int:
 
 def serve(service: DemoService, concurrency: int = 2):
     """Launch the demo on 127.0.0.1 without blocking; returns ``(demo, url)``; ``demo.close()`` stops it."""
-    from .cli import build_demo, launch
+    from isa_demo.app.cli import build_demo, launch
 
     demo = build_demo(service, concurrency)
     port = free_port()

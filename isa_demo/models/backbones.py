@@ -12,14 +12,16 @@ import difflib
 import timm
 import torch
 
+from ..settings import LIGHTEST_BACKBONE, SYMMETRIC
+from ..errors import UserError
+
 # the backbones the project trains and ships (any other timm name works from the command line)
-SHIPPED_BACKBONES = ["mobilenetv3_small_100", "tf_efficientnet_lite0", "efficientnet_b0", "mobilenetv3_large_100",
+SHIPPED_BACKBONES = [LIGHTEST_BACKBONE, "tf_efficientnet_lite0", "efficientnet_b0", "mobilenetv3_large_100",
                      "resnet18"]
-SYMMETRIC = "symmetric"
 
 
-class BackboneError(ValueError):
-    pass
+class BackboneError(UserError, ValueError):
+    """An unknown or unusable backbone name."""
 
 
 def check_backbone_name(name: str) -> None:

@@ -16,34 +16,16 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .accuracy import ACCURACY_CSV
-from .runner import ORACLE, RESULTS_DIR
+from ..evaluation.results import ACCURACY_CSV, ResultsMissing, load_accuracy, load_efficiency
+from ..evaluation.runner import ORACLE
+from ..settings import RESULTS_DIR
 
-EFFICIENCY_CSV = "efficiency.csv"
 COST_AXES = {"gflops": "query image encoder GFLOPs (log)",
              "cpu_ms_p50": "query image encoder CPU latency, ms p50 (log)"}
 
 
 IMAGE_TOWER = "vl-image-tower"
 IMAGE_TOWER_METHODS = ("image-only", "sum", "masked-ti", "single-token")
-
-
-class ResultsMissing(FileNotFoundError):
-    """A results table the figure needs is absent; the message says how to make it."""
-
-
-def _read(path: Path, how: str) -> pd.DataFrame:
-    if not path.exists():
-        raise ResultsMissing(f"no {path.name} at {path}; run `{how}` first")
-    return pd.read_csv(path)
-
-
-def load_accuracy(results: str | os.PathLike = RESULTS_DIR) -> pd.DataFrame:
-    return _read(Path(results) / ACCURACY_CSV, "python -m isa_demo bench accuracy")
-
-
-def load_efficiency(results: str | os.PathLike = RESULTS_DIR) -> pd.DataFrame:
-    return _read(Path(results) / EFFICIENCY_CSV, "python -m isa_demo bench efficiency")
 
 
 def _key(df: pd.DataFrame) -> pd.Series:
@@ -141,3 +123,22 @@ def write_figures(figs: dict[str, go.Figure], out: str | os.PathLike) -> list[Pa
     write_text(out, "<html><head><meta charset='utf-8'><title>isa-demo accuracy vs cost</title></head><body>"
                     + "\n".join(parts) + "</body></html>")
     return [out]
+
+
+# ----------------------------------------------------------------------------- command
+def register(sub) -> None:
+    p = sub.add_parser("plot", help="accuracy vs GFLOPs / CPU latency figures (HTML)",
+                       description="Plot accuracy.csv against efficiency.csv into one HTML page (or PNGs when "
+                                   "kaleido is installed and FILE ends in .png).")
+    p.add_argument("--results", default=str(RESULTS_DIR), help="folder with accuracy.csv and efficiency.csv")
+    p.add_argument("--out", required=True, help="FILE.html")
+    p.add_argument("--metric", default="R@1", help="accuracy column (default R@1)")
+    p.add_argument("--highlight", default=None, help="backbone to highlight")
+    p.set_defaults(func=_plot)
+
+
+def _plot(args) -> int:
+    figs = accuracy_figures(args.results, metric=args.metric, highlight=args.highlight)
+    paths = write_figures(figs, args.out)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0

@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from ..settings import REPO, RESULTS_DIR
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
 ACCURACY_KEYS = ["method", "backbone"]
 ABLATION_COLUMNS = ["arm", "L", "lar", "steps", "train_seconds", "R@1", "R@10", "Rs@1", "mAP@10", "R@1/add"]
@@ -127,11 +127,11 @@ def update_readme(readme: str | Path, results: str | Path, check: bool = False) 
     return False
 
 
-def register_bench(sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("report", help="render assets/results/*.csv into README.md's results section",
                        description="Rewrite the README block between the RESULTS markers from the measured "
                                    "tables in assets/results (no measuring; run the benchmarks first).")
-    p.add_argument("--results", default=str(REPO / "assets" / "results"))
+    p.add_argument("--results", default=str(RESULTS_DIR))
     p.add_argument("--readme", default=str(REPO / "README.md"))
     p.add_argument("--check", action="store_true", help="only compare; exit 1 when the README is out of date")
     p.set_defaults(func=_report)

@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..common import atomic_path, default_device
-from ..training.state import cosine_schedule, load_state, save_state
+from ..settings import RUNS_DIR
+from .losses import info_nce
+from .state import cosine_schedule, load_state, save_state
 from ..world import World, caption
-from .model import BUILTIN_NAME, TextParts, builtin_checkpoint, config_json, encode_text_trimmed
+from ..vl.model import BUILTIN_NAME, TextParts, builtin_checkpoint, config_json, encode_text_trimmed
 
 
 def export_safetensors(model: torch.nn.Module, path: str | Path, name: str, extra: dict) -> None:
@@ -57,7 +59,7 @@ def train_vl(world: str, out: str | None = None, name: str = BUILTIN_NAME, epoch
     steps_per_epoch = n // batch_size
     total = max(1, int(epochs * steps_per_epoch))
     sched = cosine_schedule(opt, warmup=min(200, total // 10 + 1), total=total)
-    state_path = Path(state_path or Path("runs") / "vl" / f"{name}.state.pt")
+    state_path = Path(state_path or RUNS_DIR / "vl" / f"{name}.state.pt")
     step, extra = load_state(state_path, model, opt, sched)
     out = Path(out) if out else builtin_checkpoint(name)
     elapsed = float(extra.get("elapsed_s", 0.0))
@@ -76,8 +78,7 @@ def train_vl(world: str, out: str | None = None, name: str = BUILTIN_NAME, epoch
         img = F.normalize(model.encode_image(x), dim=-1)
         txt = F.normalize(encode_text_trimmed(model, ids), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        labels = torch.arange(len(idx), device=device)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        loss = info_nce(logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

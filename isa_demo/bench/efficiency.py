@@ -22,6 +22,8 @@ import time
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..settings import RESULTS_DIR
+
 STAGE_IMAGE, STAGE_TEXT, STAGE_SEARCH = "query_image_encoder", "text_encoder", "search"
 REAL = {"ViT-B-32": 512, "ViT-L-14": 768}  # open_clip name -> text width d_w
 
@@ -62,7 +64,7 @@ def _build(spec: dict, device: str):
     import numpy as np
     import torch
 
-    from ..encoders import EncoderConfig, QueryEncoder
+    from ..models import EncoderConfig, QueryEncoder
     from ..methods.base import PROMPT
     from ..vl import load_vl
 
@@ -180,8 +182,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                           "cpu_latency_ratio": s["cpu_ms_p50"] / light["cpu_ms_p50"]}])
 
 
-def register_bench(sub) -> None:
-    from ..encoders import SHIPPED_BACKBONES
+def register(sub) -> None:
+    from ..models import SHIPPED_BACKBONES
 
     p = sub.add_parser("efficiency", help="params, FLOPs, CPU/GPU latency and memory of every query-side model",
                        description=__doc__.splitlines()[0])
@@ -190,12 +192,12 @@ def register_bench(sub) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--out", default="assets/results/efficiency.csv")
+    p.add_argument("--out", default=str(RESULTS_DIR / "efficiency.csv"))
     p.set_defaults(func=_bench)
 
 
 def _bench(args) -> int:
-    from ..common import write_table
+    from ..evaluation.results import write_table
 
     df = run_efficiency(args.backbones, args.settings, args.warmup, args.runs, args.threads)
     cols = ["model", "setting", "stage", "params", "gflops", "cpu_ms_p50", "cpu_ms_p90", "gpu_ms_p50", "peak_mem_mb"]

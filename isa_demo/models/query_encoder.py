@@ -16,15 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common import atomic_path, load_image, read_metadata
+from ..errors import CheckpointError
+from ..settings import ISA_CHECKPOINT_DIR
+from ..vl.model import identity_mismatch
 from .atl import AdaptiveTokenLearner
 from .backbones import SYMMETRIC, create_backbone
 
 FORMAT = "isa-demo-query-encoder"
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "isa"
-
-
-class CheckpointError(ValueError):
-    pass
+ASSETS = ISA_CHECKPOINT_DIR
 
 
 @dataclass
@@ -122,15 +121,10 @@ class QueryEncoder(nn.Module):
             raise CheckpointError(f"{path.name}: expected a checkpoint for backbone {backbone!r}, found {cfg.backbone!r}")
         if num_tokens is not None and cfg.num_tokens != num_tokens:
             raise CheckpointError(f"{path.name}: expected L={num_tokens} pseudo tokens, found L={cfg.num_tokens}")
-        saved_vl = json.loads(meta["vl"])
-        want = vl.identity()
-        keys = ("name", "checkpoint_sha256", "embed_dim")
-        if any(saved_vl.get(k) != want.get(k) for k in keys):
-            raise CheckpointError(
-                f"{path.name} was trained for VL model {saved_vl.get('name')} "
-                f"(checkpoint {str(saved_vl.get('checkpoint_sha256'))[:12]}, dim {saved_vl.get('embed_dim')}), but the "
-                f"loaded VL model is {want.get('name')} (checkpoint {str(want.get('checkpoint_sha256'))[:12]}, "
-                f"dim {want.get('embed_dim')})")
+        why = identity_mismatch(json.loads(meta["vl"]), vl.identity())
+        if why:
+            raise CheckpointError(f"{path.name} {why}; retrain it for this VL model with "
+                                  f"`python -m isa_demo train isa --backbone {cfg.backbone}`")
         enc = cls(cfg, vl=vl, imagenet_init=False)
         state = load_file(str(path))
         enc.load_state_dict(unpack_state(state), strict=True)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..options import add_world_arg
+from ..settings import LIGHTEST_BACKBONE, RESULTS_DIR
+
 ARMS = [  # (arm, L, lar)
     ("GCD only", 4, "none"),
     ("GCD + LAR (late)", 4, "late"),
@@ -23,27 +26,27 @@ ARMS = [  # (arm, L, lar)
 KEEP = ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "mAP@5", "mAP@10", "mAP@25", "mAP@50"]
 
 
-def register_bench(sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("isa-ablation", help="train + evaluate the ISA ablations (GCD/LAR, L) for one backbone",
                        description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="mobilenetv3_small_100")
-    p.add_argument("--world", default="data/world")
+    p.add_argument("--backbone", default=LIGHTEST_BACKBONE)
+    add_world_arg(p)
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--images", type=int, default=20000)
     p.add_argument("--arms", nargs="+", default=None, help="subset of arm names (default: all)")
     p.add_argument("--reuse-shipped", action="store_true",
                    help="use the shipped checkpoint for the arm trained as it was (same L, LAR, steps, images)")
-    p.add_argument("--out", default="assets/results/isa_ablation.csv")
+    p.add_argument("--out", default=str(RESULTS_DIR / "isa_ablation.csv"))
     p.set_defaults(func=_bench)
 
 
 def _bench(args) -> int:
-    from ..common import write_table
-    from ..encoders import shipped_checkpoint
+    from ..evaluation.results import write_table
+    from ..models import shipped_checkpoint
     from ..evaluation.runner import evaluate
     from ..methods import create_method
     from ..vl import load_vl
-    from .isa import train_isa
+    from ..training.isa import train_isa
 
     vl = load_vl()
     gallery: dict = {}

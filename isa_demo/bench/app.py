@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+from ..settings import REPO, WORLD_DIR
+
 APP_CSV = "app.csv"
 
 
@@ -50,7 +51,7 @@ def add_bench_args(p) -> None:
     p.add_argument("--model", default=None, help="passed to app.py")
     p.add_argument("--pretrained", default=None, help="passed to app.py")
     p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for the app to serve")
-    p.add_argument("--world", default=str(REPO / "data" / "world"), help="world whose test queries are sent")
+    p.add_argument("--world", default=str(WORLD_DIR), help="world whose test queries are sent")
     p.add_argument("--out", default=None, help="results directory (default assets/results)")
 
 
@@ -176,7 +177,7 @@ def measure(url: str, queries: list[tuple[str, str]], clients: int, per_client: 
         method = ("isa" if "isa" in info["methods"] and info["backbones"]
                   else "sum" if "sum" in info["methods"] else info["methods"][0])
     if backbone is None and method == "isa":
-        from .service import LIGHTEST
+        from ..settings import LIGHTEST_BACKBONE as LIGHTEST
 
         backbone = LIGHTEST if LIGHTEST in info["backbones"] else info["backbones"][0]
     http = HttpCompose(url)
@@ -229,7 +230,7 @@ def measure(url: str, queries: list[tuple[str, str]], clients: int, per_client: 
 
 def run_bench(clients: int = 16, per_client: int = 50, sequential: int = 200, warmup: int = 5,
               method: str | None = None, backbone: str | None = None, k: int = 10, url: str | None = None,
-              app_args: list[str] | None = None, world: str | os.PathLike = REPO / "data" / "world",
+              app_args: list[str] | None = None, world: str | os.PathLike = WORLD_DIR,
               out: str | os.PathLike | None = None, startup_timeout: float = 900.0):
     """Run the benchmark; returns the table (also written to ``out/app.csv`` unless ``out`` is False)."""
     import pandas as pd
@@ -258,8 +259,8 @@ def run_bench(clients: int = 16, per_client: int = 50, sequential: int = 200, wa
     df.insert(2, "backbone", meta["backbone"] or "")
     df["gallery_size"] = meta["gallery_size"]
     if out is not False:
-        from ..common import write_table
-        from .service import RESULTS_DIR
+        from ..evaluation.results import write_table
+        from ..settings import RESULTS_DIR
 
         path = Path(out or RESULTS_DIR) / APP_CSV
         write_table(df, path)
@@ -281,3 +282,14 @@ def run_bench_cli(args) -> int:
                              "throughput_qps", "server_total_ms_p50", "cold_start_s") if c in df]
     print(df[with_cols].to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     return 1 if int(df["errors"].sum()) else 0
+
+
+def register(sub) -> None:
+    """``python -m isa_demo bench app``."""
+    p = sub.add_parser("app", help="end-to-end latency of the demo through its HTTP API",
+                       description="Start `python app.py` (cold start to a serving page, seconds), then time "
+                                   "composed queries through the HTTP API with gradio_client: sequential p50/p99 and "
+                                   "N concurrent clients x M queries each (errors, p50/p99). Writes "
+                                   "assets/results/app.csv.")
+    add_bench_args(p)
+    p.set_defaults(func=run_bench_cli)

@@ -1,0 +1,110 @@
+"""The results-file contract: where every results table lives, and the one reader and writer of each.
+
+Everything the benchmarks write under ``RESULTS_DIR`` (default ``assets/results``, see
+:mod:`isa_demo.settings`) and everything the app and ``bench report`` read goes through here::
+
+    {table}.csv + {table}.json   a results table and its provenance (command, machine, date):
+                                 :func:`write_table`; ``accuracy.csv`` / ``efficiency.csv`` are read
+                                 with :func:`load_accuracy` / :func:`load_efficiency`
+    per_query/{tag}.parquet      one row per query of one evaluation (:func:`write_per_query`,
+                                 :func:`read_per_query`; the app's failure-case inspector reads it)
+    metrics/{tag}.json           an evaluation's metrics, counts, identities and command
+
+``tag`` is :func:`result_tag` ``{dataset}_{split}_{method}[_{backbone}]``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ..common import atomic_path, write_json
+from ..errors import UserError
+from ..settings import RESULTS_DIR
+
+ACCURACY_CSV = "accuracy.csv"
+EFFICIENCY_CSV = "efficiency.csv"
+
+
+class ResultsMissing(UserError, FileNotFoundError):
+    """A results table is absent; the message says which command makes it."""
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")
+
+
+def result_tag(dataset: str, split: str, method: str, backbone: str | None = None) -> str:
+    parts = [dataset, split, method] + ([backbone] if backbone else [])
+    return "_".join(slug(p) for p in parts)
+
+
+def per_query_path(out: str | os.PathLike, dataset: str, split: str, method: str,
+                   backbone: str | None = None) -> Path:
+    """``{out}/per_query/{dataset}_{split}_{method}[_{backbone}].parquet`` (the stable convention)."""
+    return Path(out) / "per_query" / f"{result_tag(dataset, split, method, backbone)}.parquet"
+
+
+LIST_COLUMNS = ("targets", "topk_ids", "topk_scores")
+
+
+def write_per_query(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Atomic parquet write; without pyarrow, CSV beside it (list columns JSON-encoded)."""
+    path = Path(path)
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        path = path.with_suffix(".csv")
+        flat = df.copy()
+        for col in LIST_COLUMNS:
+            if col in flat:
+                flat[col] = flat[col].map(lambda v: json.dumps(list(v)))
+        with atomic_path(path) as tmp:
+            flat.to_csv(tmp, index=False)
+        return path
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False, engine="pyarrow")
+    return path
+
+
+def read_per_query(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a per-query table written by :func:`write_per_query` (parquet or its CSV fallback)."""
+    path = Path(path)
+    if not path.exists() and path.with_suffix(".csv").exists():
+        path = path.with_suffix(".csv")
+    if not path.exists():
+        raise FileNotFoundError(f"no per-query table at {path}; run `python -m isa_demo eval ...` first")
+    if path.suffix == ".csv":
+        df = pd.read_csv(path)
+        for col in LIST_COLUMNS:
+            if col in df:
+                df[col] = df[col].map(json.loads)
+        return df
+    return pd.read_parquet(path)
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a results table as CSV with its provenance in a sidecar ``.json``, atomically."""
+    from ..common import provenance
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+    write_json(path.with_suffix(".json"), provenance(), indent=2)
+
+
+def _read(path: Path, how: str) -> pd.DataFrame:
+    if not path.exists():
+        raise ResultsMissing(f"no {path.name} at {path}; run `{how}` first")
+    return pd.read_csv(path)
+
+
+def load_accuracy(results: str | os.PathLike = RESULTS_DIR) -> pd.DataFrame:
+    return _read(Path(results) / ACCURACY_CSV, "python -m isa_demo bench accuracy")
+
+
+def load_efficiency(results: str | os.PathLike = RESULTS_DIR) -> pd.DataFrame:
+    return _read(Path(results) / EFFICIENCY_CSV, "python -m isa_demo bench efficiency")
