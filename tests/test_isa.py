@@ -103,7 +103,7 @@ def test_checkpoint_storage_round_trip(tmp_path):
 
     from safetensors.torch import save_file
 
-    from isa_demo.models.query_encoder import pack_state, unpack_state
+    from isa_demo.common import pack_state, unpack_state
 
     enc = QueryEncoder(EncoderConfig(backbone="resnet18", word_dim=24), imagenet_init=False)
     state = enc.state_dict()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import atomic_path, load_image, read_metadata
+from ..common import WEIGHTS, atomic_path, load_image, pack_state, read_metadata, unpack_state
 from ..errors import CheckpointError
 from ..settings import ISA_CHECKPOINT_DIR
 from ..vl.model import identity_mismatch
@@ -130,44 +130,6 @@ class QueryEncoder(nn.Module):
         enc.load_state_dict(unpack_state(state), strict=True)
         enc.meta = meta
         return enc.to(device or vl.device).eval()
-
-
-WEIGHTS = "int8 per output channel for weight tensors of >= 4096 elements, fp16 otherwise"
-INT8_MIN_NUMEL = 4096
-SCALE = ".int8_scale"
-
-
-def pack_state(state: dict) -> dict:
-    """Storage form of a state dict: conv kernels and weight matrices of at least ``INT8_MIN_NUMEL``
-    elements as symmetric int8 per output channel (``round(w / s)``, ``s = max|w| / 127``, the
-    scales beside them in fp32), other floats (biases, norms, small tensors) as fp16. About half
-    the size of fp16; the accuracy is unchanged (see README: shipped checkpoints)."""
-    out = {}
-    for k, v in state.items():
-        v = v.detach()
-        if not v.is_floating_point():
-            out[k] = v.contiguous()
-        elif v.ndim >= 2 and v.numel() >= INT8_MIN_NUMEL:
-            flat = v.float().reshape(v.shape[0], -1)
-            scale = flat.abs().amax(1).clamp_min(1e-12) / 127
-            out[k] = torch.round(flat / scale[:, None]).to(torch.int8).reshape(v.shape).contiguous()
-            out[k + SCALE] = scale.contiguous()
-        else:
-            out[k] = v.half().contiguous()
-    return out
-
-
-def unpack_state(state: dict) -> dict:
-    """Inverse of :func:`pack_state` (fp32 tensors); plain fp16/fp32 state dicts pass through."""
-    out = {}
-    for k, v in state.items():
-        if k.endswith(SCALE):
-            continue
-        if k + SCALE in state:
-            out[k] = v.float() * state[k + SCALE].float().view(-1, *([1] * (v.ndim - 1)))
-        else:
-            out[k] = v.float() if v.is_floating_point() else v
-    return out
 
 
 def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,10 @@ VL_HELP = {
     "epochs": "passes over the train images (the shipped model's recipe)",
     "batch_size": "images per step", "lr": "peak learning rate (AdamW, cosine)", "weight_decay": "AdamW weight decay",
     "seed": "random seed", "max_images": "use only the first N train images",
+    "variants": "fraction of each batch that is a near variant of another member, rendered on the fly",
+    "text_negatives": "add NegCLIP-style hard-negative captions (attributes swapped or changed)",
+    "captions": "caption grammars: diverse (relative clauses, orders, counts, absence) or the world's own",
+    "precision": "autocast precision: auto (bf16 where the hardware has it), bf16, fp16 (CUDA), fp32",
 }
 ISA_HELP = {
     "num_tokens": "pseudo-sentence length L",
@@ -17,7 +21,7 @@ ISA_HELP = {
     "batch_size": "images per step", "lr": "peak learning rate (AdamW, cosine)",
     "images": "number of unlabeled train images used",
     "image_size": "light backbone input size (the world's images are 128 px, the VL tower sees 96 px)",
-    "seed": "random seed",
+    "seed": "random seed", "precision": "autocast precision: auto (bf16 where the hardware has it), bf16, fp16, fp32",
 }
 MASKED_TI_HELP = {
     "tau": "CAM threshold: pixels above it are masked", "w_qt": "query-target loss weight (0: single-token)",
@@ -34,6 +38,7 @@ MASKED_TI_HELP = {
     "cam_text": "name the noun phrase ('a photo of a large red star') or the noun alone in the CAM text",
     "seed": "random seed",
     "name": "checkpoint name (default from the settings: masked-ti, masked-ti-tau0.2, single-token, ...)",
+    "precision": ISA_HELP["precision"],
 }
 
 
@@ -47,13 +52,14 @@ def register(sub) -> None:
     from .isa import train_isa
     from .masked_ti import QUERY_TEXTS, train_masked_ti
     from .cam import CAM_MODES, CAM_TEXTS, FILLS
-    from .vl import train_vl
+    from .precision import PRECISIONS
+    from .vl import CAPTIONS, train_vl
 
     p = sub.add_parser("vl", help="train the built-in VL model from scratch on the world's captions",
                        description="Train the registered open_clip config on the world's train image-caption "
                                    "pairs (symmetric CLIP loss). Resumable: rerun the same command.")
     add_world_arg(p)
-    add_function_args(p, train_vl, VL_HELP)
+    add_function_args(p, train_vl, VL_HELP, choices={"captions": CAPTIONS, "precision": PRECISIONS})
     _outputs(p, "assets/vl/NAME.safetensors")
     add_device_arg(p)
     p.set_defaults(func=lambda a: _run(train_vl, a, VL_HELP))
@@ -63,7 +69,7 @@ def register(sub) -> None:
                                    "on unlabeled images only. Resumable: rerun the same command.")
     p.add_argument("--backbone", required=True, help="any timm model name, or 'symmetric' (frozen VL tower)")
     add_world_arg(p)
-    add_function_args(p, train_isa, ISA_HELP, choices={"lar": ["late", "vocab", "none"]}, short={"num_tokens": "-L"})
+    add_function_args(p, train_isa, ISA_HELP, choices={"lar": ["late", "vocab", "none"], "precision": PRECISIONS}, short={"num_tokens": "-L"})
     _outputs(p, "assets/checkpoints/isa/BACKBONE.safetensors for the built-in VL model, runs/isa/ otherwise")
     add_vl_args(p)
     p.set_defaults(func=lambda a: _run(train_isa, a, ISA_HELP, backbone=a.backbone, vl_name=a.vl_model,
@@ -76,7 +82,8 @@ def register(sub) -> None:
                                    "cached under WORLD/cache/masked_ti/. Resumable: rerun the same command.")
     add_world_arg(p)
     add_function_args(p, train_masked_ti, MASKED_TI_HELP,
-                      choices={"query_text": QUERY_TEXTS, "fill": FILLS, "cam_mode": CAM_MODES, "cam_text": CAM_TEXTS})
+                      choices={"query_text": QUERY_TEXTS, "fill": FILLS, "cam_mode": CAM_MODES, "cam_text": CAM_TEXTS,
+                               "precision": PRECISIONS})
     _outputs(p, "assets/checkpoints/masked-ti/NAME.safetensors for the built-in VL model, runs/masked-ti/ otherwise")
     add_vl_args(p)
     p.set_defaults(func=lambda a: _run(train_masked_ti, a, MASKED_TI_HELP, cam_baseline=a.cam_baseline or None,

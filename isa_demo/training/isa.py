@@ -27,6 +27,7 @@ from ..common import atomic_path, default_device
 from ..models import SYMMETRIC, EncoderConfig, QueryEncoder, check_backbone_name, shipped_checkpoint, tokens_to_map
 from ..vl import load_vl
 from ..world import World, caption
+from . import precision as amp
 from .losses import info_nce, lar_late, lar_vocab
 from .state import cosine_schedule, load_state, output_paths, save_state
 
@@ -64,11 +65,13 @@ def learned_vocab(vl, world: World, n: int = 2000) -> torch.Tensor:
 def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int = 4, steps: int = 4000,
               batch_size: int = 64, lr: float = 1e-3, lar: str = "none", lar_weight: float = 0.5, tau: float = 0.05,
               images: int = 50000, image_size: int = 96, seed: int = 0, state_path: str | None = None, device: str | None = None,
-              vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100) -> Path:
+              vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100,
+              precision: str = "auto") -> Path:
     check_backbone_name(backbone)
     if lar not in ("late", "vocab", "none"):
         raise ValueError(f"--lar must be late, vocab or none, not {lar!r}")
     device = device or default_device()
+    precision = amp.resolve(precision, device)
     torch.manual_seed(seed)
     vl = load_vl(vl_name, vl_pretrained, device=device)
     w = World(world)
@@ -98,11 +101,13 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
         idx_t = torch.from_numpy(idx)
         v = g_all[idx_t].float().to(device)
         p = loc_all[idx_t].float().to(device)
-        if student is None:
-            sent, _ = enc.atl(tokens_to_map(p))
-        else:
-            sent, _ = enc(enc.uint8_to_tensor(np.ascontiguousarray(student[idx])))
-        u, h = vl.encode_with_pseudo_tokens(prompts[:len(idx)], sent, return_tokens=True)
+        with amp.autocast(device, precision):
+            if student is None:
+                sent, _ = enc.atl(tokens_to_map(p))
+            else:
+                sent, _ = enc(enc.uint8_to_tensor(np.ascontiguousarray(student[idx])))
+            u, h = vl.encode_with_pseudo_tokens(prompts[:len(idx)], sent, return_tokens=True)
+        sent, u, h = sent.float(), u.float(), h.float()
         loss_gcd = info_nce(F.normalize(u, dim=-1) @ v.T / tau)
         loss_lar = torch.zeros((), device=device)
         if lar == "late":
@@ -121,6 +126,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     elapsed += time.time() - t0
     enc.eval()
     facts = {"steps": steps, "batch_size": batch_size, "lar": lar, "lar_weight": lar_weight, "tau": tau,
+             "precision": precision,
              "train_images": n, "world_seed": w.meta["seed"], "train_seconds": round(elapsed, 1), "device": device,
              "date": time.strftime("%Y-%m-%d")}
     enc.save(out, vl.identity(), facts)

@@ -51,6 +51,7 @@ from ..models.masked_ti import Phi, save_phi, shipped_checkpoint
 from ..world import World
 from ..world.scene import CELL_PHRASES
 from .cam import CAM_BASELINE, FILLS, compute_cams, mask_images, upsample_cam
+from . import precision as amp
 from .losses import info_nce
 from .nouns import NounChunk, extract_nouns
 from .state import cosine_schedule, load_state, output_paths, save_state
@@ -215,7 +216,7 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
                     cam_text: str = "phrase", seed: int = 0, name: str | None = None,
                     out: str | Path | None = None, state_path: str | Path | None = None, device: str | None = None,
                     vl=None, vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, precision: str = "auto") -> Path:
     """Train ``Phi`` and export it (fp16 safetensors + metadata). Resumable: rerun to continue."""
     from ..vl import load_vl
 
@@ -226,6 +227,7 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
     if w_qt < 0 or w_orig < 0 or w_qt + w_orig == 0:
         raise ValueError("loss weights must be >= 0 and not both 0")
     device = device or (vl.device if vl is not None else default_device())
+    precision = amp.resolve(precision, device)
     if vl is None:
         vl = load_vl(vl_name, vl_pretrained, device=device)
     torch.manual_seed(seed)
@@ -260,7 +262,7 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
               "fill": fill if w_qt > 0 else None, "cam_mode": cam_mode if w_qt > 0 else None,
               "cam_baseline": (cam_baseline or "") if w_qt > 0 else None,
               "cam_text": cam_text if w_qt > 0 else None, "seed": seed,
-              "steps": steps}
+              "steps": steps, "precision": precision}
     step, extra = load_state(state_path, phi, opt, sched)
     if step and extra.get("config") not in (None, config):
         raise RuntimeError(f"{state_path} holds a run with another configuration ({extra['config']}); "
@@ -281,14 +283,16 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
         parts = {}
         # two text-tower calls: "a photo of *" is short, so it is not padded to the query prompts
         if w_orig > 0:
-            u_o = vl.encode_with_pseudo_tokens([ORIGINAL_PROMPT] * len(idx), phi(g)[:, None])
+            with amp.autocast(device, precision):
+                u_o = vl.encode_with_pseudo_tokens([ORIGINAL_PROMPT] * len(idx), phi(g)[:, None])
             parts["orig"] = info_nce(F.normalize(u_o.float(), dim=-1) @ g.T / temperature)
             loss = loss + w_orig * parts["orig"]
         if w_qt > 0:
             u = np.random.default_rng([seed, 1_000_000 + step]).random(len(idx))
             pidx = pairs.start[idx] + np.floor(u * pairs.count[idx]).astype(np.int64)
             gm = gm_all[torch.from_numpy(pidx)].float().to(device)
-            u_q = vl.encode_with_pseudo_tokens([PROMPT.format(modifier=texts[p]) for p in pidx], phi(gm)[:, None])
+            with amp.autocast(device, precision):
+                u_q = vl.encode_with_pseudo_tokens([PROMPT.format(modifier=texts[p]) for p in pidx], phi(gm)[:, None])
             parts["qt"] = info_nce(F.normalize(u_q.float(), dim=-1) @ g.T / temperature)
             loss = loss + w_qt * parts["qt"]
         opt.zero_grad(set_to_none=True)

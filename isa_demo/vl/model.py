@@ -21,7 +21,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from ..common import default_device, file_sha256, load_image, read_metadata
+from ..common import default_device, file_sha256, load_image, read_metadata, unpack_state
 from ..errors import VLLoadError
 from ..settings import BUILTIN_PRETRAINED, BUILTIN_VL, VL_ASSETS_DIR, parse_pretrained
 
@@ -309,7 +309,7 @@ def load_state_checked(model, path: str | os.PathLike, name: str) -> None:
         from safetensors.torch import load_file
 
         meta = read_metadata(path)
-        state = load_file(path)
+        state = unpack_state(load_file(path))  # the token embedding may be stored as int8 rows
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
