@@ -86,9 +86,9 @@ def test_world_end_to_end_matches_direct_metrics(small_world, tiny_vl, tmp_path)
     scores = qf @ gf.T
     idx = bench.index
     gts = [[idx[g] for g in q.ground_truth] for q in bench.queries]
-    direct = M.cirr_metrics(scores, [idx[q.reference] for q in bench.queries], gts,
-                            [[idx[m] for m in q.members] for q in bench.queries])
-    direct.update(M.circo_metrics(scores, gts))
+    refs = [idx[q.reference] for q in bench.queries]
+    direct = M.cirr_metrics(scores, refs, gts, [[idx[m] for m in q.members] for q in bench.queries])
+    direct.update(M.circo_metrics(scores, gts, exclude=refs))  # the world: one ranking, reference removed
     assert {k: rep.metrics[k] for k in direct} == pytest.approx(direct)
     # the per-query table at its stable path
     path = results.per_query_path(tmp_path / "res", "world", "test", "sum")
@@ -230,3 +230,22 @@ def test_bench_accuracy_reports_unbuildable_variants(small_world, tiny_vl, tmp_p
 def test_prompt_applies_only_to_pseudo_token_methods(tiny_vl):
     with pytest.raises(R.EvalError, match="--prompt applies to isa, isa-symmetric, masked-ti, single-token"):
         R.build_method("image-only", tiny_vl, prompt="a photo of *")
+
+
+@pytest.mark.parametrize("protocol,expected_ap10", [("world", 1.0), ("circo", 0.5)])
+def test_one_ranking_for_every_metric(tmp_path, protocol, expected_ap10):
+    """The world scores Recall@K and mAP@K on the same ranking, the reference removed; CIRCO's
+    official mAP keeps it. Gallery scores: reference 0.9 > target 0.8 > others."""
+    from isa_demo.evaluation.datasets import Benchmark, Query
+
+    gallery = ["ref", "tgt", "a", "b", "c"]
+    q = Query("q0", "ref", ("make it so",), target_hard="tgt", ground_truth=("tgt",))
+    bench = Benchmark(protocol, "test", protocol, tmp_path, gallery, {}, [q])
+    gf = torch.eye(5)
+    qf = torch.tensor([[0.9, 0.8, 0.1, 0.05, 0.0]])
+    scored = R.score(bench, qf, gf)
+    assert scored.ap[10][0] == pytest.approx(expected_ap10)
+    if protocol == "world":
+        assert scored.rank[0] == 1
+        metrics = R.summarize(bench, scored)
+        assert metrics["R@1"] == 100.0 and metrics["mAP@10"] == 100.0

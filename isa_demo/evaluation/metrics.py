@@ -10,6 +10,8 @@ results are deterministic. Metrics are percentages, as the official scripts prin
 - FashionIQ: Recall@10/50 per category over that category's gallery, reference kept; the
   summary is the mean over categories and the average of the two means.
 - CIRCO: no removal; ``AP@k = sum_{i<=k} P@i * rel_i / min(k, #GT)``, mAP@k its mean.
+- The built-in world: CIRR's Recall@K and subset Recall@K and CIRCO's mAP@K, all on one ranking with
+  the reference removed (on the world the reference is never a correct answer).
 """
 from __future__ import annotations
 
@@ -191,7 +193,9 @@ def fashioniq_summary(per_category: Mapping[str, Mapping[str, float]]) -> dict[s
     return out
 
 
-def circo_metrics(scores, ground_truth: Sequence[Sequence[int]]) -> dict[str, float]:
-    """CIRCO mAP@5/10/25/50 over the full ranking (no removal)."""
-    order = rank(scores)[:, :max(MAP_KS)]
+def circo_metrics(scores, ground_truth: Sequence[Sequence[int]],
+                  exclude: Sequence[int] | np.ndarray | None = None) -> dict[str, float]:
+    """mAP@5/10/25/50: CIRCO's rule is the full ranking (``exclude`` None); the world's removes
+    the reference (``exclude`` = reference indices), as its Recall@K does."""
+    order = rank(scores, exclude)[:, :max(MAP_KS)]
     return map_at_k(relevance(order, ground_truth), [len(g) for g in ground_truth], MAP_KS)

@@ -245,9 +245,8 @@ def score(bench: Benchmark, qf: torch.Tensor, gf: torch.Tensor, top_k: int = TAB
                 out.subset_rank[sl] = M.subset_first_rank(sub, gts[sl])
             if keep_rankings:
                 out.subset_rankings.update({q.id: gallery[r[:CIRR_SUBSET_TOP]].tolist() for q, r in zip(qs[sl], sub)})
-        if want_map:  # CIRCO keeps the reference in the ranking
-            full = M.top_k(scores, max(M.MAP_KS)) if remove_ref else order[:, :max(M.MAP_KS)]
-            rel = M.relevance(full, gts[sl])
+        if want_map:  # every metric on one ranking: the world's has the reference removed, CIRCO keeps it
+            rel = M.relevance(order[:, :max(M.MAP_KS)], gts[sl])
             n_gt = [len(q.ground_truth) for q in qs[sl]]
             for k in M.MAP_KS:
                 out.ap[k][sl] = M.average_precision_at_k(rel, n_gt, k)
@@ -257,9 +256,11 @@ def score(bench: Benchmark, qf: torch.Tensor, gf: torch.Tensor, top_k: int = TAB
 
 
 def summarize(bench: Benchmark, scored: Scored) -> dict[str, float]:
-    """The protocol's metrics (percent). World: CIRR Recall@K and subset Recall@K (reference
-    removed), CIRCO mAP@K (reference kept, as CIRCO's own rule), and R@1 per modification family
-    (``R@1/colour`` ...), all with the scene-level hit rule."""
+    """The protocol's metrics (percent). World: Recall@K, subset Recall@K and mAP@K, every one on
+    the same ranking with the reference removed (on the world the reference is never a correct
+    answer), and R@1 per modification family (``R@1/colour`` ...), all with the scene-level hit
+    rule. CIRR, FashionIQ and CIRCO keep their official rules (CIRR removes the reference,
+    CIRCO's mAP@K keeps it)."""
     if not bench.labelled:
         return {}
     if any(not q.ground_truth for q in bench.queries):
