@@ -24,8 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ASSETS_DIR = REPO / "assets"
 VL_ASSETS_DIR = ASSETS_DIR / "vl"
-ISA_CHECKPOINT_DIR = ASSETS_DIR / "checkpoints" / "isa"
-MASKED_TI_CHECKPOINT_DIR = ASSETS_DIR / "checkpoints" / "masked-ti"
+CHECKPOINTS_DIR = ASSETS_DIR / "checkpoints"  # CHECKPOINTS_DIR / VL_NAME / {isa,masked-ti} / NAME.safetensors
 
 
 def _dir(env: str, default: Path) -> Path:
@@ -45,6 +44,15 @@ BUILTIN_PRETRAINED = "builtin"
 SYMMETRIC = "symmetric"  # the ISA variant whose query encoder is the VL image tower itself
 LIGHTEST_BACKBONE = "mobilenetv3_small_100"
 WORLD_SPLIT = "test"  # the split the app's gallery, examples and inspector use
+
+
+
+def checkpoint_dir(kind: str, vl_name: str | None = None) -> Path:
+    """Where the shipped query models of one kind (``isa``, ``masked-ti``) trained for one built-in
+    VL model live: each VL model has its own release, so a new VL model never overwrites the
+    checkpoints of the previous one."""
+    return CHECKPOINTS_DIR / (vl_name or BUILTIN_VL) / kind
+
 
 # words that mean "no pretrained weights" (random init) wherever a pretrained tag is read
 NO_PRETRAINED = ("none", "random", "")

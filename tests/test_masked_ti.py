@@ -254,7 +254,7 @@ def test_shipped_variants_and_variant_names(trained, tiny_vl, tmp_path, monkeypa
     shutil.copy(path, ckdir / "masked-ti-tau0.25.safetensors")
     (ckdir / "broken.safetensors").write_text("not a checkpoint")
     monkeypatch.setattr(checkpoints, "ROOT", tmp_path)
-    monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", ckdir)
+    monkeypatch.setattr(checkpoints, "checkpoint_dir", lambda kind, vl_name=None: ckdir)
     variants = checkpoints.shipped_variants()
     assert variants == [{"method": "masked-ti", "backbone": None, "checkpoint": None},
                         {"method": "masked-ti", "backbone": None,

@@ -99,3 +99,20 @@ def test_vl_retrieval_table(tiny_vl, small_world):
     assert list(df["direction"]) == ["caption->image", "image->caption"]
     assert ((df[["R@1", "R@5", "R@10"]] >= 0) & (df[["R@1", "R@5", "R@10"]] <= 1)).all().all()
     assert (df["R@1"] <= df["R@10"]).all()
+
+
+def test_explanations_decode_only_learned_words(tiny_vl, tmp_path):
+    """A checkpoint records the words its model learned; pseudo words decode only into those,
+    never into BPE rows the model never trained. The token embedding round-trips as int8 rows."""
+    from isa_demo.vl.model import caption_vocabulary
+
+    vocab = caption_vocabulary(tiny_vl.tokenizer, ["a red circle", "a blue star at the top"])
+    path = tmp_path / "m.safetensors"
+    export_safetensors(tiny_vl.model, path, "isa-test-tiny", {}, vocabulary=vocab)
+    vl = load_vl("isa-test-tiny", str(path), device="cpu")
+    assert vl.vocabulary.tolist() == vocab
+    words = {w for row in vl.nearest_words(torch.randn(6, vl.word_dim), k=3) for w, _ in row}
+    assert words <= {"a", "red", "circle", "blue", "star", "at", "the", "top"}
+    table, back = tiny_vl.text.token_embedding.weight, vl.text.token_embedding.weight
+    assert torch.allclose(back, table, atol=table.abs().max().item() / 100)
+    assert load_vl("isa-test-tiny", "none", device="cpu").vocabulary is None  # random weights: the whole tokenizer

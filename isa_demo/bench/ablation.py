@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..options import add_world_arg
-from ..settings import LIGHTEST_BACKBONE, RESULTS_DIR
+from ..settings import LIGHTEST_BACKBONE, RESULTS_DIR, RUNS_DIR
 
 ARMS = [  # (arm, L, lar)
     ("GCD only", 4, "none"),
@@ -56,7 +56,7 @@ def _bench(args) -> int:
     for arm, L, lar in ARMS:
         if args.arms and arm not in args.arms:
             continue
-        ckpt = Path("runs") / "ablation" / f"{args.backbone}_L{L}_{lar}_{args.steps}.safetensors"
+        ckpt = RUNS_DIR / "ablation" / f"{args.backbone}_L{L}_{lar}_{args.steps}.safetensors"
         if shipped_recipe == (L, lar, args.steps, args.images):
             ckpt = shipped
         if not ckpt.exists():

@@ -25,16 +25,16 @@ from torch import nn
 
 from ..common import atomic_path, read_metadata
 from ..errors import CheckpointError
-from ..settings import MASKED_TI_CHECKPOINT_DIR as CHECKPOINT_DIR
+from ..settings import checkpoint_dir
 from ..settings import REPO as ROOT
 from ..vl import identity_mismatch
 
 FORMAT = "isa-demo-masked-ti"
 
 
-def shipped_checkpoint(name: str) -> Path:
-    """``assets/checkpoints/masked-ti/{name}.safetensors``."""
-    return CHECKPOINT_DIR / f"{name}.safetensors"
+def shipped_checkpoint(name: str, vl_name: str | None = None) -> Path:
+    """``assets/checkpoints/{VL}/masked-ti/{name}.safetensors`` (VL: the default built-in model)."""
+    return checkpoint_dir("masked-ti", vl_name) / f"{name}.safetensors"
 
 
 class Phi(nn.Module):
@@ -98,10 +98,10 @@ def load_phi(path: str | os.PathLike, vl, device: str | None = None) -> tuple[Ph
     return phi.to(device or vl.device).eval(), meta
 
 
-def shipped_variants() -> list[dict]:
-    """The shipped masked-ti / single-token checkpoints as ``create_method`` arguments: the main
-    ``masked-ti`` first, then its ablations (sorted), then ``single-token``."""
-    files = sorted(CHECKPOINT_DIR.glob("*.safetensors"))
+def shipped_variants(vl_name: str | None = None) -> list[dict]:
+    """The shipped masked-ti / single-token checkpoints for a built-in VL model as ``create_method``
+    arguments: the main ``masked-ti`` first, then its ablations (sorted), then ``single-token``."""
+    files = sorted(checkpoint_dir("masked-ti", vl_name).glob("*.safetensors"))
     order = {"masked-ti": 0, "single-token": 2}
     files.sort(key=lambda p: (order.get(p.stem, 1), p.stem))
     out = []

@@ -17,13 +17,12 @@ from torch import nn
 
 from ..common import WEIGHTS, atomic_path, load_image, pack_state, read_metadata, unpack_state
 from ..errors import CheckpointError
-from ..settings import ISA_CHECKPOINT_DIR
+from ..settings import checkpoint_dir
 from ..vl.model import identity_mismatch
 from .atl import AdaptiveTokenLearner
 from .backbones import SYMMETRIC, create_backbone
 
 FORMAT = "isa-demo-query-encoder"
-ASSETS = ISA_CHECKPOINT_DIR
 
 
 @dataclass
@@ -41,8 +40,9 @@ class EncoderConfig:
     imagenet: bool = False
 
 
-def shipped_checkpoint(backbone: str) -> Path:
-    return ASSETS / f"{backbone}.safetensors"
+def shipped_checkpoint(backbone: str, vl_name: str | None = None) -> Path:
+    """The shipped checkpoint of ``backbone`` for a built-in VL model (default: the default one)."""
+    return checkpoint_dir("isa", vl_name) / f"{backbone}.safetensors"
 
 
 class QueryEncoder(nn.Module):

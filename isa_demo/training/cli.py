@@ -70,7 +70,7 @@ def register(sub) -> None:
     p.add_argument("--backbone", required=True, help="any timm model name, or 'symmetric' (frozen VL tower)")
     add_world_arg(p)
     add_function_args(p, train_isa, ISA_HELP, choices={"lar": ["late", "vocab", "none"], "precision": PRECISIONS}, short={"num_tokens": "-L"})
-    _outputs(p, "assets/checkpoints/isa/BACKBONE.safetensors for the built-in VL model, runs/isa/ otherwise")
+    _outputs(p, "assets/checkpoints/VL/isa/BACKBONE.safetensors for a built-in VL model, runs/isa/ otherwise")
     add_vl_args(p)
     p.set_defaults(func=lambda a: _run(train_isa, a, ISA_HELP, backbone=a.backbone, vl_name=a.vl_model,
                                        vl_pretrained=a.vl_pretrained))
@@ -84,10 +84,37 @@ def register(sub) -> None:
     add_function_args(p, train_masked_ti, MASKED_TI_HELP,
                       choices={"query_text": QUERY_TEXTS, "fill": FILLS, "cam_mode": CAM_MODES, "cam_text": CAM_TEXTS,
                                "precision": PRECISIONS})
-    _outputs(p, "assets/checkpoints/masked-ti/NAME.safetensors for the built-in VL model, runs/masked-ti/ otherwise")
+    _outputs(p, "assets/checkpoints/VL/masked-ti/NAME.safetensors for a built-in VL model, runs/masked-ti/ otherwise")
     add_vl_args(p)
     p.set_defaults(func=lambda a: _run(train_masked_ti, a, MASKED_TI_HELP, cam_baseline=a.cam_baseline or None,
                                        vl_name=a.vl_model, vl_pretrained=a.vl_pretrained))
+
+    _release(sub)
+
+
+def _release(sub) -> None:
+    from ..settings import BUILTIN_VL
+    from .release import RELEASE
+
+    p = sub.add_parser("release", help="retrain the whole shipped release in order, skipping what is up to date",
+                       description="The VL model, every ISA encoder, the masked-pair models and the single-token "
+                                   "baseline, then the default gallery index, for one built-in VL model. A step "
+                                   "whose checkpoint already matches the VL weights and its recipe is skipped; an "
+                                   "interrupted step resumes. Steps: " + ", ".join(s.label for s in RELEASE) + ".")
+    add_world_arg(p)
+    p.add_argument("--vl-model", default=BUILTIN_VL, help="built-in VL model whose release to train (default %(default)s)")
+    p.add_argument("--only", nargs="+", default=None, metavar="STEP",
+                   help="only these kinds (vl, isa, masked-ti, index) or steps ('isa resnet18')")
+    p.add_argument("--dry-run", action="store_true", help="only say which steps are up to date")
+    add_device_arg(p)
+    p.set_defaults(func=_train_release)
+
+
+def _train_release(args) -> int:
+    from .release import train_release
+
+    train_release(args.world, args.vl_model, args.only, args.device, args.dry_run)
+    return 0
 
 
 def _run(trainer, args, helps: dict, **extra) -> int:

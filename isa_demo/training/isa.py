@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from ..common import atomic_path, default_device
 from ..models import SYMMETRIC, EncoderConfig, QueryEncoder, check_backbone_name, shipped_checkpoint, tokens_to_map
 from ..vl import load_vl
-from ..world import World, caption
+from ..vl.model import world_vocabulary
+from ..world import World
 from . import precision as amp
 from .losses import info_nce, lar_late, lar_vocab
 from .state import cosine_schedule, load_state, output_paths, save_state
@@ -54,14 +55,6 @@ def cached_vl_features(vl, world: World, n: int, batch_size: int = 128) -> tuple
     return out["global"], out["local"]
 
 
-def learned_vocab(vl, world: World, n: int = 2000) -> torch.Tensor:
-    """Token ids of the words the VL model learned (those of the world's train captions)."""
-    rng = np.random.default_rng(0)
-    recs = world.records("train")[:n]
-    ids = vl.tokenize([caption(r["scene"], rng) for r in recs])
-    return torch.unique(ids[ids > 0])
-
-
 def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int = 4, steps: int = 4000,
               batch_size: int = 64, lr: float = 1e-3, lar: str = "none", lar_weight: float = 0.5, tau: float = 0.05,
               images: int = 50000, image_size: int = 96, seed: int = 0, state_path: str | None = None, device: str | None = None,
@@ -80,13 +73,16 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     enc = QueryEncoder(EncoderConfig(backbone=backbone, num_tokens=num_tokens, word_dim=vl.word_dim,
                                      image_size=image_size), vl=vl).to(device)
     student = None if backbone == SYMMETRIC else w.image_array("train", enc.cfg.image_size)
-    vocab_emb = vl.text.token_embedding.weight[learned_vocab(vl, w)].detach() if lar == "vocab" else None
+    vocab_emb = None
+    if lar == "vocab":  # the words the VL model learned; the world's caption words when it does not record them
+        ids = vl.vocabulary if vl.vocabulary is not None else torch.as_tensor(world_vocabulary(vl.tokenizer))
+        vocab_emb = vl.text.token_embedding.weight[ids.to(device)].detach()
 
     params = [p for p in enc.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = cosine_schedule(opt, warmup=min(100, steps // 10 + 1), total=steps)
     tag = f"{backbone}_L{num_tokens}_{lar}_{steps}"
-    out, state_path = output_paths("isa", tag, vl, shipped_checkpoint(backbone), out, state_path)
+    out, state_path = output_paths("isa", tag, vl, shipped_checkpoint(backbone, vl.name), out, state_path)
     step, extra = load_state(state_path, enc, opt, sched)
     elapsed = float(extra.get("elapsed_s", 0.0))
     prompts = [SENTENCE_PROMPT] * batch_size

@@ -234,7 +234,7 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
     w = world if isinstance(world, World) else World(world)
     method = "single-token" if w_qt == 0 else "masked-ti"
     name = name or default_name(tau, w_qt, w_orig, query_text)
-    out, state_path = output_paths("masked-ti", name, vl, shipped_checkpoint(name), out, state_path)
+    out, state_path = output_paths("masked-ti", name, vl, shipped_checkpoint(name, vl.name), out, state_path)
     records = w.records("train")
     n = min(images, len(records))
     if n < 2:

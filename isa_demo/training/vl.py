@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..common import atomic_path, default_device, pack_state
 from ..settings import RUNS_DIR
-from ..vl.model import BUILTIN_NAME, TextParts, builtin_checkpoint, config_json, encode_text_trimmed
+from ..vl.model import TextParts, builtin_checkpoint, caption_vocabulary, config_json, encode_text_trimmed
 from ..world import World
 from ..world.render import IMAGE_SIZE, render
 from ..world.scene import near_variant, scene_key
@@ -49,8 +49,10 @@ CAPTIONS = ("diverse", "world")
 TOKEN_EMBEDDING = "token_embedding.weight"
 
 
-def export_safetensors(model: torch.nn.Module, path: str | Path, name: str, extra: dict) -> None:
-    """Write a model's weights (fp16; token embeddings as int8 rows) with the config in the metadata."""
+def export_safetensors(model: torch.nn.Module, path: str | Path, name: str, extra: dict,
+                       vocabulary: list[int] | None = None) -> None:
+    """Write a model's weights (fp16; token embeddings as int8 rows) with the config in the metadata,
+    and ``vocabulary``: the token ids it learned (what explanations decode pseudo words into)."""
     from safetensors.torch import save_file
 
     state = {}
@@ -60,6 +62,8 @@ def export_safetensors(model: torch.nn.Module, path: str | Path, name: str, extr
         else:
             state[k] = (v.half() if v.is_floating_point() else v).contiguous()
     meta = {"model_name": name, "config": config_json(name), **{k: str(v) for k, v in extra.items()}}
+    if vocabulary is not None:
+        meta["vocabulary"] = json.dumps(vocabulary)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
 
@@ -171,10 +175,13 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
                        {"elapsed_s": elapsed + time.time() - t0, "total": total, "recipe": recipe})
     elapsed += time.time() - t0
     model.eval()
+    sample = [records[i]["scene"] for i in range(min(n, 3000))]
+    pos, neg = _captions(sample, np.random.default_rng(seed), captions, text_negatives)
     export_safetensors(model, out, name, {"world_seed": w.meta["seed"], "steps": total, "batch_size": batch_size,
                                           "train_images": n, "train_seconds": round(elapsed, 1),
                                           "recipe": json.dumps(recipe), "device": device,
-                                          "date": time.strftime("%Y-%m-%d")})
+                                          "date": time.strftime("%Y-%m-%d")},
+                       vocabulary=caption_vocabulary(tokenizer, pos + neg))
     info = {"checkpoint": str(out), "steps": total, "train_seconds": round(elapsed, 1), "device": device,
             "precision": precision, "torch_threads": torch.get_num_threads()}
     print(json.dumps(info))

@@ -106,7 +106,7 @@ class TextParts:
 
 class VLModel:
     def __init__(self, model, preprocess, tokenizer, name: str, pretrained: str | None, checkpoint_sha256: str | None,
-                 device: str):
+                 device: str, vocabulary: Sequence[int] | None = None):
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -121,6 +121,8 @@ class VLModel:
         self.image_size = _image_size(model)
         ids = tokenizer([PLACEHOLDER])[0]
         self.placeholder_id = int(ids[1])  # [SOT, *, EOT, pad...]
+        # the token ids the model learned (its training captions' words); None: the whole tokenizer
+        self.vocabulary = None if vocabulary is None else torch.as_tensor(sorted(vocabulary), dtype=torch.long)
         mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
         std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
@@ -257,24 +259,44 @@ class VLModel:
         return pooled, tokens
 
     def nearest_words(self, vectors: torch.Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
-        """Decode pseudo-word vectors ``(L, d_w)`` into their nearest vocabulary tokens (cosine)."""
+        """Decode pseudo-word vectors ``(L, d_w)`` into their nearest words (cosine), among the words
+        the model learned (:attr:`vocabulary`) when it records them, never among token rows it
+        never trained."""
         weight = self.text.token_embedding.weight
         key = (weight.data_ptr(), weight._version)
         if getattr(self, "_word_table_key", None) != key:  # normalized once, not on every query
-            self._word_table = F.normalize(weight.detach().float(), dim=-1)
+            ids = self.vocabulary if self.vocabulary is not None else torch.arange(weight.shape[0])
+            self._word_ids = ids
+            self._word_table = F.normalize(weight.detach().float()[ids.to(weight.device)], dim=-1)
             self._word_table_key = key
         table = self._word_table
         sims = F.normalize(vectors.float().to(table.device), dim=-1) @ table.T
-        top = sims.topk(k, dim=-1)
+        top = sims.topk(min(k, table.shape[0]), dim=-1)
         dec = getattr(self.tokenizer, "decoder", None)
         out = []
         for vals, idx in zip(top.values.tolist(), top.indices.tolist()):
             words = []
             for v, i in zip(vals, idx):
-                w = dec[i] if dec is not None else str(i)
+                token = int(self._word_ids[i])
+                w = dec[token] if dec is not None else str(token)
                 words.append((w.replace("</w>", ""), round(float(v), 3)))
             out.append(words)
         return out
+
+
+def caption_vocabulary(tokenizer, captions: Sequence[str]) -> list[int]:
+    """The token ids of ``captions`` (without start, end and padding tokens)."""
+    special = set(tokenizer([""])[0].tolist())
+    return sorted(set(tokenizer(list(captions)).unique().tolist()) - special)
+
+
+def world_vocabulary(tokenizer, n: int = 2000) -> list[int]:
+    """The words of the world's own captions: what a built-in model trained on them learned
+    (used for a built-in checkpoint that does not record its vocabulary)."""
+    from ..world import caption, random_scene
+
+    rng = np.random.default_rng(0)
+    return caption_vocabulary(tokenizer, [caption(random_scene(rng), rng) for _ in range(n)])
 
 
 def encode_text_trimmed(model, ids: torch.Tensor) -> torch.Tensor:
@@ -301,8 +323,9 @@ def _display_pretrained(pretrained: str | None) -> str | None:
     return pretrained
 
 
-def load_state_checked(model, path: str | os.PathLike, name: str) -> None:
-    """Load a safetensors / torch checkpoint strictly; on mismatch name both sides."""
+def load_state_checked(model, path: str | os.PathLike, name: str) -> dict:
+    """Load a safetensors / torch checkpoint strictly; on mismatch name both sides. Returns the
+    checkpoint's metadata (empty for torch files)."""
     path = str(path)
     meta = {}
     if path.endswith(".safetensors"):
@@ -324,6 +347,7 @@ def load_state_checked(model, path: str | os.PathLike, name: str) -> None:
         first = str(e).splitlines()[:4]
         raise VLLoadError(f"checkpoint {path} (saved for {saved_for or 'an unknown model'}) does not match "
                           f"configuration {name!r}: {' '.join(first)}") from None
+    return meta
 
 
 def load_vl(name: str | None = BUILTIN_NAME, pretrained: str | None = BUILTIN_PRETRAINED, device: str | None = None,
@@ -338,6 +362,7 @@ def load_vl(name: str | None = BUILTIN_NAME, pretrained: str | None = BUILTIN_PR
     model_config(name)
     ckpt_hash = None
     local = None
+    vocabulary = None
     if pretrained == BUILTIN_PRETRAINED:
         local = builtin_checkpoint(name)
         if not local.exists():
@@ -350,14 +375,19 @@ def load_vl(name: str | None = BUILTIN_NAME, pretrained: str | None = BUILTIN_PR
     if local is not None:
         with _quiet_random_init():  # the weights are loaded just below
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **model_kwargs)
-        load_state_checked(model, local, name)
+        meta = load_state_checked(model, local, name)
         ckpt_hash = file_sha256(local)
+        if "vocabulary" in meta:
+            vocabulary = json.loads(meta["vocabulary"])
+        elif pretrained == BUILTIN_PRETRAINED:
+            vocabulary = world_vocabulary(open_clip.get_tokenizer(name))
     else:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **model_kwargs)
         ckpt_hash = f"open_clip:{name}/{pretrained}" if pretrained else None
     model.to(device)
     tokenizer = open_clip.get_tokenizer(name)
-    return VLModel(model, preprocess, tokenizer, name, str(local) if local else pretrained, ckpt_hash, device)
+    return VLModel(model, preprocess, tokenizer, name, str(local) if local else pretrained, ckpt_hash, device,
+                   vocabulary)
 
 
 @contextlib.contextmanager
