@@ -44,9 +44,9 @@ def _outputs(p, what: str) -> None:
 
 
 def register(sub) -> None:
+    from .cam import CAM_MODES, CAM_TEXTS, FILLS
     from .isa import train_isa
     from .masked_ti import QUERY_TEXTS, train_masked_ti
-    from .cam import CAM_MODES, CAM_TEXTS, FILLS
     from .vl import train_vl
 
     p = sub.add_parser("vl", help="train the built-in VL model from scratch on the world's captions",

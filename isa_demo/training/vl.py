@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from ..common import atomic_path, default_device
 from ..settings import RUNS_DIR
+from ..vl.model import BUILTIN_NAME, TextParts, builtin_checkpoint, config_json, encode_text_trimmed
+from ..world import World, caption
 from .losses import info_nce
 from .state import cosine_schedule, load_state, save_state
-from ..world import World, caption
-from ..vl.model import BUILTIN_NAME, TextParts, builtin_checkpoint, config_json, encode_text_trimmed
 
 
 def export_safetensors(model: torch.nn.Module, path: str | Path, name: str, extra: dict) -> None:
