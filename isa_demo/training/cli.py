@@ -12,7 +12,7 @@ VL_HELP = {
 }
 ISA_HELP = {
     "num_tokens": "pseudo-sentence length L",
-    "lar": "local alignment option (none: GCD alone, which measured better; see README)",
+    "lar": "local alignment option (none: GCD alone, which measured better; see docs/experiments.md)",
     "lar_weight": "weight of the LAR loss", "tau": "InfoNCE temperature", "steps": "training steps",
     "batch_size": "images per step", "lr": "peak learning rate (AdamW, cosine)",
     "images": "number of unlabeled train images used",
