@@ -1,4 +1,4 @@
-"""The isa-demo Gradio app: ``python app.py [--host --port --share --index PATH --model NAME --pretrained TAG]``.
+"""The isa-demo Gradio app: ``python app.py [--host --port --share --index PATH --vl-model NAME --vl-pretrained TAG]``.
 
 Thin on purpose: everything lives in :mod:`isa_demo.app` (service layer, layout, command line).
 """

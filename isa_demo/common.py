@@ -150,7 +150,7 @@ def pack_state(state: dict) -> dict:
     """Storage form of a state dict: conv kernels and weight matrices of at least ``INT8_MIN_NUMEL``
     elements as symmetric int8 per output channel (``round(w / s)``, ``s = max|w| / 127``, the
     scales beside them in fp32), other floats (biases, norms, small tensors) as fp16. About half
-    the size of fp16; the accuracy is unchanged (see README: shipped checkpoints). Used by the query-encoder
+    the size of fp16; the accuracy is unchanged (see docs/experiments.md: checkpoint format). Used by the query-encoder
     checkpoints and the built-in VL model's token embedding."""
     out = {}
     for k, v in state.items():

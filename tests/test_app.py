@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isa_demo.app.service import MAX_K, DemoService, InputError, build_variants
 from helpers import TINY_BACKBONE, tiny_service
+from isa_demo.app.service import MAX_K, DemoService, InputError, build_variants
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from isa_demo.evaluation import DatasetError, load_benchmarks, load_circo, load_cirr, load_fashioniq, load_world
-from isa_demo.evaluation.submission import (SubmissionError, circo_submission, cirr_submission,
-                                            write_circo_submission, write_cirr_submission)
+from isa_demo.evaluation.submission import (
+    SubmissionError,
+    circo_submission,
+    cirr_submission,
+    write_circo_submission,
+    write_cirr_submission,
+)
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotations"

@@ -2,9 +2,14 @@
 import pandas as pd
 import pytest
 
+from isa_demo.bench.plots import (
+    ResultsMissing,
+    accuracy_figures,
+    accuracy_vs_cost,
+    join_accuracy_efficiency,
+    write_figures,
+)
 from isa_demo.cli import main
-from isa_demo.bench.plots import (ResultsMissing, accuracy_figures, accuracy_vs_cost, join_accuracy_efficiency,
-                                       write_figures)
 
 
 @pytest.fixture

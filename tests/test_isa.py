@@ -1,14 +1,21 @@
 import pytest
 import torch
 
-from isa_demo.models import (SYMMETRIC, AdaptiveTokenLearner, BackboneError, CheckpointError, EncoderConfig,
-                               QueryEncoder, check_backbone_name)
-from isa_demo.methods import QueryError, create_method
 from isa_demo.bench.ablation import _recipe
+from isa_demo.methods import QueryError, create_method
+from isa_demo.models import (
+    SYMMETRIC,
+    AdaptiveTokenLearner,
+    BackboneError,
+    CheckpointError,
+    EncoderConfig,
+    QueryEncoder,
+    check_backbone_name,
+)
 from isa_demo.training.isa import train_isa
 from isa_demo.training.losses import lar_late, lar_vocab
-from isa_demo.vl import load_vl
 from isa_demo.training.vl import export_safetensors
+from isa_demo.vl import load_vl
 
 
 def test_atl_shapes_and_maps():
@@ -116,7 +123,8 @@ def test_checkpoint_storage_round_trip(tmp_path):
     step = w.abs().amax(dim=(1, 2, 3)) / 127
     assert ((back["backbone.layer4.1.conv2.weight"] - w).abs() <= step.view(-1, 1, 1, 1) / 2 + 1e-7).all()
     save_file(packed, str(tmp_path / "int8.safetensors"))
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(tmp_path / "fp16.safetensors"))
+    fp16 = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    save_file(fp16, str(tmp_path / "fp16.safetensors"))
     assert os.path.getsize(tmp_path / "int8.safetensors") < 0.55 * os.path.getsize(tmp_path / "fp16.safetensors")
 
 

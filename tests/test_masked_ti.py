@@ -224,8 +224,8 @@ def test_refuses_other_vl(trained, tiny_vl_custom):
 
 
 def test_single_token_training(tiny_vl, small_world, tmp_path):
-    from isa_demo.methods import create_method
     from isa_demo.common import read_metadata
+    from isa_demo.methods import create_method
     from isa_demo.training.masked_ti import default_name, train_masked_ti
 
     assert default_name(0.3, 0.0, 1.0, "scene") == "single-token"

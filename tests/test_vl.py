@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from isa_demo.vl import VLLoadError, load_vl
 from isa_demo.training.vl import export_safetensors
+from isa_demo.vl import VLLoadError, load_vl
 
 PROMPTS = ["a photo of * that make the circle red", "a photo of *", "* on a grey background"]
 

@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import UserError
-from ..settings import GALLERIES_DIR, LIGHTEST_BACKBONE, REPO, RESULTS_DIR, SYMMETRIC, WORLD_DIR, WORLD_SPLIT
 from ..common import ImageError, load_image, read_metadata
+from ..errors import UserError
 from ..methods import PROMPT, QueryError, clean_modifier, create_method
 from ..methods.base import MAX_MODIFIER_CHARS
+from ..settings import GALLERIES_DIR, LIGHTEST_BACKBONE, REPO, RESULTS_DIR, SYMMETRIC, WORLD_DIR, WORLD_SPLIT
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 LIGHTEST = LIGHTEST_BACKBONE

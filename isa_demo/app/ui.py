@@ -16,8 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # an offline demo: n
 import gradio as gr  # noqa: E402
 
 from .service import MAX_K, DemoService, InputError  # noqa: E402
-from .viz import (attention_overlays, notices_markdown, pseudo_words_markdown, timings_markdown,  # noqa: E402
-                  token_captions)
+from .viz import attention_overlays, notices_markdown, pseudo_words_markdown, timings_markdown, token_captions  # noqa: E402
 
 log = logging.getLogger("isa_demo.app")
 
@@ -338,8 +337,8 @@ def _about(service: DemoService) -> str:
 - **Timings** are wall-clock for this very query on the server: image decode; query image encoder and text encoder
   timed separately for methods that expose both stages (ISA: backbone + token learner, then the text tower on
   “a photo of S that *modifier*”; masked-pair methods: VL image tower + Phi, then the text tower); the sum
-  baseline's two encoders are timed together; search; and the total. The explanation panels (pseudo words, attention) are
-  computed after the query and timed separately.
+  baseline's two encoders are timed together; search; and the total. The explanation panels (pseudo words,
+  attention) are computed after the query and timed separately.
 - The reference image is left out of its own results when it is a gallery image (as in CIRR).
 
 ### HTTP API

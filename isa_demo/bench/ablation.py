@@ -42,11 +42,11 @@ def register(sub) -> None:
 
 def _bench(args) -> int:
     from ..evaluation.results import write_table
-    from ..models import shipped_checkpoint
     from ..evaluation.runner import evaluate
     from ..methods import create_method
-    from ..vl import load_vl
+    from ..models import shipped_checkpoint
     from ..training.isa import train_isa
+    from ..vl import load_vl
 
     vl = load_vl()
     gallery: dict = {}

@@ -15,10 +15,19 @@ import numpy as np
 import pandas as pd
 
 from ..common import atomic_path, write_json
-from ..options import add_world_arg, command_line
 from ..evaluation.results import ACCURACY_CSV
-from ..evaluation.runner import (ORACLE, RESULTS_DIR, TABLE_TOP_K, CaptionOracle, EvalReport, build_method, evaluate,
-                     machine_info, now_utc)
+from ..evaluation.runner import (
+    ORACLE,
+    RESULTS_DIR,
+    TABLE_TOP_K,
+    CaptionOracle,
+    EvalReport,
+    build_method,
+    evaluate,
+    machine_info,
+    now_utc,
+)
+from ..options import add_world_arg, command_line
 
 ID_COLUMNS = ["method", "backbone", "checkpoint", "vl_model", "vl_pretrained", "world", "split", "n_queries"]
 PROVENANCE_COLUMNS = ["command", "machine", "date"]

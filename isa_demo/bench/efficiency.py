@@ -64,8 +64,8 @@ def _build(spec: dict, device: str):
     import numpy as np
     import torch
 
-    from ..models import EncoderConfig, QueryEncoder
     from ..methods.base import PROMPT
+    from ..models import EncoderConfig, QueryEncoder
     from ..vl import load_vl
 
     if spec["stage"] == STAGE_SEARCH:

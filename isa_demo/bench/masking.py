@@ -18,11 +18,21 @@ from PIL import Image, ImageDraw
 from ..common import atomic_path
 from ..options import add_vl_args, add_world_arg, vl_kwargs
 from ..settings import RUNS_DIR
-from ..training.cam import CAM_BASELINE, CAM_MODES, CAM_TEXTS, FILLS, compute_cams, mask_images, to_model_uint8, upsample_cam
+from ..training.cam import (
+    CAM_BASELINE,
+    CAM_MODES,
+    CAM_TEXTS,
+    FILLS,
+    compute_cams,
+    mask_images,
+    to_model_uint8,
+    upsample_cam,
+)
 from ..training.masked_ti import query_text
 from ..training.nouns import NounChunk, mask_caption, pick_noun
 from ..world import World
 from ..world.scene import SHAPES
+
 
 def cam_localization(vl, world: World, split: str = "train", n: int = 256, mode: str = "layercam",
                      baseline: str | None = CAM_BASELINE, tau: float = 0.3, seed: int = 0,

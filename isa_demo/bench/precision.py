@@ -45,8 +45,8 @@ def bench_precision(world: str, steps: int = 20, accuracy_steps: int = 1000, dev
     trainers = {
         "vl": lambda p, o: train_vl(world, out=o, epochs=steps * 64 / n_train, state_path=o + ".state", device=device,
                                     precision=p, name="isa-world-vit-v2"),
-        f"isa {LIGHTEST_BACKBONE}": lambda p, o: train_isa(world, LIGHTEST_BACKBONE, out=o, steps=steps, state_path=o + ".state",
-                                                           device=device, precision=p),
+        f"isa {LIGHTEST_BACKBONE}": lambda p, o: train_isa(world, LIGHTEST_BACKBONE, out=o, steps=steps,
+                                                           state_path=o + ".state", device=device, precision=p),
         "isa symmetric": lambda p, o: train_isa(world, SYMMETRIC, out=o, steps=steps, state_path=o + ".state",
                                                 device=device, precision=p),
         "masked-ti": lambda p, o: train_masked_ti(world, steps=steps, images=1024, out=o, state_path=o + ".state",

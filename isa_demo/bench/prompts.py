@@ -13,9 +13,9 @@ import json
 
 import pandas as pd
 
+from ..methods import PROMPT
 from ..options import add_world_arg
 from ..settings import RESULTS_DIR
-from ..methods import PROMPT
 
 PROMPTS = [PROMPT, "a photo of *", "a photo of * {modifier}"]
 VARIANTS = ["isa:mobilenetv3_small_100", "isa-symmetric", "masked-ti"]
@@ -35,8 +35,8 @@ def register(sub) -> None:
 
 def _bench(args) -> int:
     from ..evaluation.results import write_table
-    from ..vl import load_vl
     from ..evaluation.runner import build_method, evaluate
+    from ..vl import load_vl
 
     vl = load_vl()
     gallery: dict = {}

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..settings import REPO, RESULTS_DIR
+
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
 ACCURACY_KEYS = ["method", "backbone"]
 ABLATION_COLUMNS = ["arm", "L", "lar", "steps", "train_seconds", "R@1", "R@10", "Rs@1", "mAP@10", "R@1/add"]

@@ -8,8 +8,8 @@ import torch
 
 from ..options import add_vl_args, add_world_arg, vl_kwargs
 from ..settings import RESULTS_DIR
-from ..world import World
 from ..vl.model import VLModel
+from ..world import World
 
 
 def _recall(scores: torch.Tensor, positives: list[set[int]], ks=(1, 5, 10)) -> dict:
@@ -34,8 +34,10 @@ def evaluate_vl(vl: VLModel, world: World, split: str = "test", batch_size: int 
     c2i = _recall(txt @ img.T, images_of)
     i2c = _recall(img @ txt.T, [{key_idx[r["key"]]} for r in recs])
     return pd.DataFrame([
-        {"model": vl.name, "split": split, "direction": "caption->image", "queries": len(keys), "gallery": len(recs), **c2i},
-        {"model": vl.name, "split": split, "direction": "image->caption", "queries": len(recs), "gallery": len(keys), **i2c},
+        {"model": vl.name, "split": split, "direction": "caption->image", "queries": len(keys), "gallery": len(recs),
+         **c2i},
+        {"model": vl.name, "split": split, "direction": "image->caption", "queries": len(recs), "gallery": len(keys),
+         **i2c},
     ])
 
 

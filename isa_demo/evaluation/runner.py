@@ -42,7 +42,7 @@ from ..errors import UserError
 from ..settings import RESULTS_DIR
 from . import metrics as M
 from .datasets import Benchmark, load_benchmarks
-from .results import slug, per_query_path, result_tag, write_per_query
+from .results import per_query_path, result_tag, slug, write_per_query
 from .submission import CIRR_SUBSET_TOP, CIRR_TOP, write_circo_submission, write_cirr_submission
 
 ORACLE = "caption-oracle"

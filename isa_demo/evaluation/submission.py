@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from ..errors import UserError
 from ..common import write_json
+from ..errors import UserError
 
 CIRR_TOP = 50
 CIRR_SUBSET_TOP = 3

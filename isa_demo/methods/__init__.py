@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..settings import LIGHTEST_BACKBONE
 from .base import PROMPT, Method, QueryError, clean_modifier
 from .baselines import ImageOnly, Sum, TextOnly, caption_oracle
-
-from ..settings import LIGHTEST_BACKBONE
 
 METHODS: dict[str, Callable[..., Method]] = {
     "image-only": lambda vl, **kw: ImageOnly(vl),

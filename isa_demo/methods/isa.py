@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..settings import LIGHTEST_BACKBONE
 from ..models import SYMMETRIC, QueryEncoder, shipped_checkpoint
+from ..settings import LIGHTEST_BACKBONE
 from .base import PROMPT, PseudoTokenMethod
 
 

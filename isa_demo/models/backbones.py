@@ -12,8 +12,8 @@ import difflib
 import timm
 import torch
 
-from ..settings import LIGHTEST_BACKBONE, SYMMETRIC
 from ..errors import UserError
+from ..settings import LIGHTEST_BACKBONE, SYMMETRIC
 
 # the backbones the project trains and ships (any other timm name works from the command line)
 SHIPPED_BACKBONES = [LIGHTEST_BACKBONE, "tf_efficientnet_lite0", "efficientnet_b0", "mobilenetv3_large_100",

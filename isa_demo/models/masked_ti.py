@@ -25,8 +25,8 @@ from torch import nn
 
 from ..common import atomic_path, read_metadata
 from ..errors import CheckpointError
-from ..settings import checkpoint_dir
 from ..settings import REPO as ROOT
+from ..settings import checkpoint_dir
 from ..vl import identity_mismatch
 
 FORMAT = "isa-demo-masked-ti"

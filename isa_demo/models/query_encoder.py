@@ -118,7 +118,8 @@ class QueryEncoder(nn.Module):
             raise CheckpointError(f"{path} is not an isa-demo query-encoder checkpoint")
         cfg = EncoderConfig(**json.loads(meta["config"]))
         if backbone is not None and cfg.backbone != backbone:
-            raise CheckpointError(f"{path.name}: expected a checkpoint for backbone {backbone!r}, found {cfg.backbone!r}")
+            raise CheckpointError(f"{path.name}: expected a checkpoint for backbone {backbone!r}, "
+                                  f"found {cfg.backbone!r}")
         if num_tokens is not None and cfg.num_tokens != num_tokens:
             raise CheckpointError(f"{path.name}: expected L={num_tokens} pseudo tokens, found L={cfg.num_tokens}")
         why = identity_mismatch(json.loads(meta["vl"]), vl.identity())

@@ -83,8 +83,11 @@ def grad_cam(vl, x: torch.Tensor, text_features: torch.Tensor, mode: str = "laye
     blocks = list(v.transformer.resblocks)
     blocks = blocks if mode == "layercam" else blocks[-1:]
     store: dict[int, torch.Tensor] = {}
-    hooks = [blk.ln_1.register_forward_hook((lambda j: lambda m, i, o: store.__setitem__(j, o))(j))
-             for j, blk in enumerate(blocks)]
+
+    def keep(j: int):  # the hook of block j stores that block's ln_1 output under j
+        return lambda m, i, o: store.__setitem__(j, o)
+
+    hooks = [blk.ln_1.register_forward_hook(keep(j)) for j, blk in enumerate(blocks)]
     try:
         with torch.enable_grad():
             x = x.to(vl.device).detach().requires_grad_(True)

@@ -16,7 +16,7 @@ VL_HELP = {
 }
 ISA_HELP = {
     "num_tokens": "pseudo-sentence length L",
-    "lar": "local alignment option (none: GCD alone, which measured better; see README)",
+    "lar": "local alignment option (none: GCD alone, which measured better; see docs/experiments.md)",
     "lar_weight": "weight of the LAR loss", "tau": "InfoNCE temperature", "steps": "training steps",
     "batch_size": "images per step", "lr": "peak learning rate (AdamW, cosine)",
     "images": "number of unlabeled train images used",
@@ -49,9 +49,9 @@ def _outputs(p, what: str) -> None:
 
 
 def register(sub) -> None:
+    from .cam import CAM_MODES, CAM_TEXTS, FILLS
     from .isa import train_isa
     from .masked_ti import QUERY_TEXTS, train_masked_ti
-    from .cam import CAM_MODES, CAM_TEXTS, FILLS
     from .precision import PRECISIONS
     from .vl import CAPTIONS, train_vl
 
@@ -69,7 +69,8 @@ def register(sub) -> None:
                                    "on unlabeled images only. Resumable: rerun the same command.")
     p.add_argument("--backbone", required=True, help="any timm model name, or 'symmetric' (frozen VL tower)")
     add_world_arg(p)
-    add_function_args(p, train_isa, ISA_HELP, choices={"lar": ["late", "vocab", "none"], "precision": PRECISIONS}, short={"num_tokens": "-L"})
+    add_function_args(p, train_isa, ISA_HELP, choices={"lar": ["late", "vocab", "none"], "precision": PRECISIONS},
+                      short={"num_tokens": "-L"})
     _outputs(p, "assets/checkpoints/VL/isa/BACKBONE.safetensors for a built-in VL model, runs/isa/ otherwise")
     add_vl_args(p)
     p.set_defaults(func=lambda a: _run(train_isa, a, ISA_HELP, backbone=a.backbone, vl_name=a.vl_model,
@@ -102,7 +103,8 @@ def _release(sub) -> None:
                                    "whose checkpoint already matches the VL weights and its recipe is skipped; an "
                                    "interrupted step resumes. Steps: " + ", ".join(s.label for s in RELEASE) + ".")
     add_world_arg(p)
-    p.add_argument("--vl-model", default=BUILTIN_VL, help="built-in VL model whose release to train (default %(default)s)")
+    p.add_argument("--vl-model", default=BUILTIN_VL,
+                   help="built-in VL model whose release to train (default %(default)s)")
     p.add_argument("--only", nargs="+", default=None, metavar="STEP",
                    help="only these kinds (vl, isa, masked-ti, index) or steps ('isa resnet18')")
     p.add_argument("--dry-run", action="store_true", help="only say which steps are up to date")

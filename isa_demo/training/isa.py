@@ -57,7 +57,8 @@ def cached_vl_features(vl, world: World, n: int, batch_size: int = 128) -> tuple
 
 def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int = 4, steps: int = 4000,
               batch_size: int = 64, lr: float = 1e-3, lar: str = "none", lar_weight: float = 0.5, tau: float = 0.05,
-              images: int = 50000, image_size: int = 96, seed: int = 0, state_path: str | None = None, device: str | None = None,
+              images: int = 50000, image_size: int = 96, seed: int = 0, state_path: str | None = None,
+              device: str | None = None,
               vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100,
               precision: str = "auto") -> Path:
     check_backbone_name(backbone)

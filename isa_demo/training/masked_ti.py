@@ -50,8 +50,8 @@ from ..methods.base import PROMPT
 from ..models.masked_ti import Phi, save_phi, shipped_checkpoint
 from ..world import World
 from ..world.scene import CELL_PHRASES
-from .cam import CAM_BASELINE, FILLS, compute_cams, mask_images, upsample_cam
 from . import precision as amp
+from .cam import CAM_BASELINE, FILLS, compute_cams, mask_images, upsample_cam
 from .losses import info_nce
 from .nouns import NounChunk, extract_nouns
 from .state import cosine_schedule, load_state, output_paths, save_state

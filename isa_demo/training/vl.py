@@ -159,7 +159,8 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
         scale = model.logit_scale.exp().clamp(max=100)
         labels = torch.arange(len(scenes), device=device)
         # image -> text over the captions and the hard negatives; text -> image over the images
-        loss = (F.cross_entropy(scale * img @ txt.T, labels) + F.cross_entropy(scale * txt[:len(pos)] @ img.T, labels)) / 2
+        loss = (F.cross_entropy(scale * img @ txt.T, labels)
+                + F.cross_entropy(scale * txt[:len(pos)] @ img.T, labels)) / 2
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)

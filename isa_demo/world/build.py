@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import UserError
 from ..common import atomic_path, write_json, write_text
+from ..errors import UserError
 from .render import IMAGE_SIZE, render
 from .scene import ALL_MOD_TYPES, caption, modify, near_variant, random_scene, scene_key
 

@@ -35,7 +35,8 @@ def _unit_polygon(shape: str) -> list[tuple[float, float]] | None:
         return pts
     if shape == "cross":
         t = 0.33
-        return [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+        return [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t),
+                (-t, -t)]
     if shape == "heart":
         pts = []
         for k in range(40):

@@ -144,7 +144,8 @@ def _mod_size(scene, rng, exclude):
     if o["size"] == "small":
         new, options = "large", [f"make {ref} bigger", f"enlarge {ref}", f"make {ref} large", f"{ref} should be larger"]
     else:
-        new, options = "small", [f"make {ref} smaller", f"shrink {ref}", f"make {ref} small", f"{ref} should be smaller"]
+        new, options = "small", [f"make {ref} smaller", f"shrink {ref}", f"make {ref} small",
+                                 f"{ref} should be smaller"]
     out = copy.deepcopy(scene)
     next(x for x in out["objects"] if x["cell"] == o["cell"])["size"] = new
     return out, _choice(rng, options), {o["cell"]}
