@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
-from .errors import UserError
+from .options import run
 
 GROUPS = {
     "world": ("build and inspect the built-in world", "isa_demo.world.cli"),
@@ -34,18 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in SINGLE.values():
         importlib.import_module(module).register_command(top)
     return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run parsed arguments: the exit code, with a user's error as one line on stderr (code 2)."""
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

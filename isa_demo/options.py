@@ -8,14 +8,18 @@
   default is written once (in the function's signature) and the ``--help`` text shows it;
   :func:`function_kwargs` reads them back for the call.
 - :func:`command_line`: the command that reproduces parsed arguments (recorded with results).
+- :func:`run`: runs parsed arguments; the one place a :class:`isa_demo.errors.UserError` becomes a
+  one-line message (``python -m isa_demo`` and ``python app.py`` both end here).
 """
 from __future__ import annotations
 
 import argparse
 import inspect
 import shlex
+import sys
 from typing import Any, Callable
 
+from .errors import UserError
 from .settings import BUILTIN_PRETRAINED, BUILTIN_VL, WORLD_DIR
 
 PRETRAINED_HELP = ("open_clip pretrained tag, a checkpoint path, 'builtin' (the shipped weights of the built-in "
@@ -90,3 +94,15 @@ def command_line(args: argparse.Namespace, *words: str) -> str:
         if value is not True:
             parts += [str(v) for v in value] if isinstance(value, list) else [str(value)]
     return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run parsed arguments: the exit code, with a user's error as one line on stderr (code 2)."""
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

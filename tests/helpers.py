@@ -1,6 +1,6 @@
 """A small, self-contained demo for tests: a tiny random VL model's service over a small world,
-with random-weight ISA and masked-pair checkpoints and hand-made results tables, and a helper to
-serve it on 127.0.0.1 in a background thread."""
+with random-weight ISA and masked-pair checkpoints (and one for every trained method of the
+registry) and hand-made results tables, and a helper to serve it on 127.0.0.1 in a background thread."""
 from __future__ import annotations
 
 import os
@@ -29,6 +29,27 @@ def write_fake_checkpoints(vl, out: str | os.PathLike, num_tokens: int = 3) -> l
         save_phi(phi, Phi.for_vl(vl), vl.identity(), {"method": "masked-ti"})
     return [{"method": "isa", "backbone": TINY_BACKBONE, "checkpoint": str(isa)},
             {"method": "masked-ti", "backbone": None, "checkpoint": str(phi)}]
+
+
+def fake_method_kwargs(vl, out: str | os.PathLike) -> dict[str, dict]:
+    """``create_method`` keyword arguments for every trained method of the registry, with
+    random-weight checkpoints for ``vl`` (the training-free methods need none)."""
+    from isa_demo.models import SYMMETRIC, EncoderConfig, QueryEncoder
+    from isa_demo.models.masked_ti import Phi, save_phi
+
+    out = Path(out)
+    isa, masked = write_fake_checkpoints(vl, out)
+    symmetric = out / f"{SYMMETRIC}.safetensors"
+    if not symmetric.exists():
+        QueryEncoder(EncoderConfig(backbone=SYMMETRIC, word_dim=vl.word_dim, num_tokens=2), vl=vl,
+                     imagenet_init=False).save(symmetric, vl.identity())
+    single = out / "single-token.safetensors"
+    if not single.exists():
+        save_phi(single, Phi.for_vl(vl), vl.identity(), {"method": "single-token"})
+    return {"isa": {"backbone": TINY_BACKBONE, "checkpoint": isa["checkpoint"]},
+            "isa-symmetric": {"checkpoint": str(symmetric)},
+            "masked-ti": {"checkpoint": masked["checkpoint"]},
+            "single-token": {"checkpoint": str(single)}}
 
 
 def write_fake_results(vl, world_dir: str | os.PathLike, out: str | os.PathLike) -> Path:

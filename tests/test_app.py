@@ -8,7 +8,10 @@ import pytest
 from PIL import Image
 
 from helpers import TINY_BACKBONE, tiny_service
-from isa_demo.app.service import MAX_K, DemoService, InputError, build_variants
+from isa_demo.app.catalogue import build_variants
+from isa_demo.app.compose import MAX_K
+from isa_demo.app.inputs import InputError
+from isa_demo.app.service import DemoService
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +21,7 @@ def service(tiny_vl, small_world, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def example(service):
-    ex = service.example_queries(8)
+    ex = service.inspector.example_queries(8)
     assert len(ex) == 8 and {"image", "modifier", "mod_type"} <= set(ex[0])
     return ex[0]
 
@@ -67,14 +70,14 @@ def giant_png(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------ choices
 def test_variants_and_choices(service):
-    assert service.method_choices() == ["image-only", "text-only", "sum", "isa", "masked-ti"]
-    assert service.all_backbones() == [TINY_BACKBONE]
-    assert service.default_method() == "isa" and service.default_backbone() == TINY_BACKBONE
+    assert service.catalogue.method_choices() == ["image-only", "text-only", "sum", "isa", "masked-ti"]
+    assert service.catalogue.all_backbones() == [TINY_BACKBONE]
+    assert service.catalogue.default_method() == "isa" and service.catalogue.default_backbone() == TINY_BACKBONE
     with pytest.raises(InputError, match="unknown method 'nope'; choose one of image-only"):
-        service.resolve("nope")
+        service.catalogue.resolve("nope")
     with pytest.raises(InputError, match="no shipped isa model with backbone 'resnet18'"):
-        service.resolve("isa", "resnet18")
-    assert service.resolve("sum", "ignored").method == "sum"
+        service.catalogue.resolve("isa", "resnet18")
+    assert service.catalogue.resolve("sum", "ignored").method == "sum"
 
 
 def test_build_variants_labels():
@@ -104,11 +107,12 @@ def test_incompatible_checkpoint_is_not_offered(tiny_vl, service):
     from isa_demo.vl import load_vl
 
     other = load_vl("isa-test-tiny-custom", pretrained=None, device="cpu")
-    raw = [{"method": v.method, "backbone": v.backbone, "checkpoint": v.checkpoint} for v in service.variants]
+    raw = [{"method": v.method, "backbone": v.backbone, "checkpoint": v.checkpoint}
+           for v in service.catalogue.variants]
     s = DemoService(other, service.gallery, None, variants=raw)
-    assert "isa" not in s.method_choices() and "masked-ti" not in s.method_choices()
+    assert "isa" not in s.catalogue.method_choices() and "masked-ti" not in s.catalogue.method_choices()
     with pytest.raises(InputError, match="not available with this VL model: trained for VL model isa-test-tiny"):
-        s.resolve("isa", TINY_BACKBONE)
+        s.catalogue.resolve("isa", TINY_BACKBONE)
 
 
 # ------------------------------------------------------------------------------------ compose
@@ -135,13 +139,36 @@ def test_compose_returns_ids_scores_timings(service, example, method):
 @pytest.mark.parametrize("method", ["isa", "masked-ti"])
 def test_staged_timing_path_matches_encode_queries(service, example, method):
     """The app times the two stages itself; the features must equal the method's own."""
-    v = service.resolve(method, TINY_BACKBONE)
-    m = service.get_method(v)
+    v = service.catalogue.resolve(method, TINY_BACKBONE)
+    m = service.catalogue.get_method(v)
     q = m.encode_queries([example["image"]], ["make the circle red"])
     scores, ids = service.gallery.search(q, 5)
     r = service.compose(example["image"], "make the circle red", method, TINY_BACKBONE, k=5, exclude_reference=False)
     assert r.ids == ids[0].tolist()
     np.testing.assert_allclose(r.scores, scores[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["isa", "masked-ti"])
+def test_explained_compose_runs_the_query_image_encoder_once(service, example, monkeypatch, method):
+    """The explanation (pseudo words, attention maps) is read from the query's own reference
+    encoding: one explained query, one run of the query image encoder."""
+    m = service.catalogue.get_method(service.catalogue.resolve(method, TINY_BACKBONE))
+    network = m.encoder if method == "isa" else m.phi  # backbone + token learner / Phi
+    calls = {"encode_reference": 0, "network": 0}
+
+    def counted(name, fn):
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(m, "encode_reference", counted("encode_reference", m.encode_reference))
+    monkeypatch.setattr(network, "forward", counted("network", network.forward))
+    r = service.compose(example["image"], "make the circle red", method, TINY_BACKBONE, k=3)
+    assert r.explanation["pseudo_words"] and "explain_ms" in r.timings_ms
+    assert calls == {"encode_reference": 1, "network": 1}
+    if method == "isa":
+        assert r.explanation["attention"].shape[0] == m.num_words
 
 
 def test_gallery_reference_is_left_out(service, example):
@@ -155,8 +182,8 @@ def test_gallery_reference_is_left_out(service, example):
 
 
 def test_methods_are_cached(service, example):
-    v = service.resolve("isa", TINY_BACKBONE)
-    assert service.get_method(v) is service.get_method(v)
+    v = service.catalogue.resolve("isa", TINY_BACKBONE)
+    assert service.catalogue.get_method(v) is service.catalogue.get_method(v)
 
 
 def test_compare(service, example):
@@ -241,9 +268,10 @@ def test_long_modifier_is_truncated_with_a_notice(service, example):
     long = "make the circle red and " * 40
     r = service.compose(example["image"], long, "isa", TINY_BACKBONE, k=3)
     note = next(n for n in r.notices if "truncated" in n)
-    cap = service.text_capacity(service.get_method(service.resolve("isa", TINY_BACKBONE)))
+    check = service.composer.modifiers
+    cap = check.text_capacity(service.catalogue.get_method(service.catalogue.resolve("isa", TINY_BACKBONE)))
     # context minus SOT/EOT, the prompt "a photo of * that" and the L-1 extra pseudo tokens
-    assert cap == service.vl.context_length - 2 - service.count_tokens("a photo of * that") - 2
+    assert cap == service.vl.context_length - 2 - check.count_tokens("a photo of * that") - 2
     assert f"room for {cap}" in note and "the text encoder reads" in note
     r = service.compose(example["image"], long, "text-only", k=3)
     assert f"room for {service.vl.context_length - 2}" in next(n for n in r.notices if "truncated" in n)
@@ -264,26 +292,26 @@ def test_emoji_and_non_latin(service, example, text):
 
 
 def test_explain_failure_does_not_break_the_query(service, example, monkeypatch):
-    m = service.get_method(service.resolve("isa", TINY_BACKBONE))
-    monkeypatch.setattr(m, "explain", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    m = service.catalogue.get_method(service.catalogue.resolve("isa", TINY_BACKBONE))
+    monkeypatch.setattr(m, "explain_reference", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     r = service.compose(example["image"], "make the circle red", "isa", TINY_BACKBONE, k=3)
     assert r.ids and "boom" in r.explanation["error"]
 
 
 # ------------------------------------------------------------------------------------ results tabs
 def test_failure_table_filter_sort_and_detail(service):
-    shown, full = service.failure_table("sum", None, "all", "worst first")
+    shown, full = service.inspector.failure_table("sum", None, "all", "worst first")
     assert len(shown) == len(full) > 0
     assert list(shown.columns[:4]) == ["query_id", "mod_type", "modifier", "rank"]
     ranks = shown["rank"].astype("float").fillna(np.inf).tolist()
     assert ranks == sorted(ranks, reverse=True)
-    best, _ = service.failure_table("sum", None, "all", "best first")
+    best, _ = service.inspector.failure_table("sum", None, "all", "best first")
     assert best["rank"].astype("float").fillna(np.inf).tolist() == sorted(ranks)
-    colour, _ = service.failure_table("sum", None, "colour")
+    colour, _ = service.inspector.failure_table("sum", None, "colour")
     assert len(colour) and set(colour["mod_type"]) == {"colour"}
-    pairs, _ = service.failure_table("sum", None, "pair")
+    pairs, _ = service.inspector.failure_table("sum", None, "pair")
     assert len(pairs) and all(t.startswith("pair") for t in pairs["mod_type"])
-    d = service.failure_detail(full.iloc[0].to_dict(), k=5)
+    d = service.inspector.failure_detail(full.iloc[0].to_dict(), k=5)
     assert d["reference"] and d["reference"].endswith(".png") and d["modifier"]
     assert d["targets"] and all(t["path"] for t in d["targets"])
     assert len(d["top"]) == 5 and all(t["path"] for t in d["top"])
@@ -294,18 +322,18 @@ def test_failure_table_filter_sort_and_detail(service):
 
 def test_missing_per_query_table_says_what_to_run(service):
     with pytest.raises(InputError, match="no per-query table for isa .*bench accuracy"):
-        service.failure_table("isa", TINY_BACKBONE)
+        service.inspector.failure_table("isa", TINY_BACKBONE)
 
 
 def test_efficiency_plot_and_table(service, tmp_path):
-    fig, table, note = service.efficiency(TINY_BACKBONE, "gflops")
+    fig, table, note = service.inspector.efficiency(TINY_BACKBONE, "gflops")
     assert fig is not None and TINY_BACKBONE in note
     assert any("highlighted" in (t.name or "") for t in fig.data)
     assert {"method", "backbone", "R@1", "GFLOPs", "CPU ms"} <= set(table.columns)
-    fig2, _, _ = service.efficiency(None, "cpu_ms_p50")
+    fig2, _, _ = service.inspector.efficiency(None, "cpu_ms_p50")
     assert "cpu" in fig2.layout.xaxis.title.text.lower()
     empty = DemoService(service.vl, service.gallery, None, results_dir=tmp_path, variants=[])
-    fig, table, note = empty.efficiency(TINY_BACKBONE)
+    fig, table, note = empty.inspector.efficiency(TINY_BACKBONE)
     assert fig is None and table is None and "bench accuracy" in note
 
 
@@ -424,8 +452,9 @@ def test_any_index_by_path(tiny_vl, small_world, tmp_path):
         shutil.copy(src, folder / ("sub" if i % 2 else "") / f"img{i}.png")
     GalleryIndex.build(folder, tmp_path / "index", tiny_vl)
     s = load_service("isa-test-tiny", "none", str(tmp_path / "index"), world_dir=None, results_dir=tmp_path)
-    assert len(s.gallery) == 6 and s.world is None and s.example_queries() == []
-    assert "sum" in s.method_choices() and "isa" not in s.method_choices()  # shipped ISA: another VL
+    assert len(s.gallery) == 6 and s.world is None and s.inspector.example_queries() == []
+    choices = s.catalogue.method_choices()
+    assert "sum" in choices and "isa" not in choices  # shipped ISA: another VL
     r = s.compose(str(folder / "img0.png"), "make the circle red", "sum", k=3)
     assert len(r.ids) == 3 and 0 not in r.ids  # the reference itself is found by content and left out
     assert all(h.path.startswith(str(folder)) for h in r.hits)

@@ -198,7 +198,7 @@ def test_bench_accuracy(small_world, tmp_path, capsys, monkeypatch):
     import isa_demo.methods
 
     # trained variants need the built-in VL; with the tiny random one the baselines are the set
-    monkeypatch.setattr(isa_demo.methods, "shipped_variants", lambda: BASELINES)
+    monkeypatch.setattr(isa_demo.methods, "shipped_variants", lambda vl_name=None: BASELINES)
     rc = main(["bench", "accuracy", "--world", str(small_world), "--limit", "10", "--out", str(tmp_path),
                "--cache-dir", str(tmp_path), *VL_ARGS])
     assert rc == 0

@@ -8,7 +8,6 @@ import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline demo
 
-from ..errors import UserError
 from ..options import add_device_arg, add_vl_args, add_world_arg
 from ..settings import RESULTS_DIR
 
@@ -79,24 +78,24 @@ def serve(args) -> int:
     from .service import load_service
 
     print("loading the VL model and the gallery ...", file=sys.stderr)
-    try:
-        service = load_service(args.vl_model, args.vl_pretrained, args.index, args.world, args.results,
-                               device=args.device)
-    except UserError as e:  # a missing checkpoint / index / incompatible model: say it in one line
-        print(f"cannot start the demo: {e}", file=sys.stderr)
-        return 2
-    service.warm_up()
+    # a missing checkpoint / index / incompatible model is a UserError: isa_demo.cli.run says it in one line
+    service = load_service(args.vl_model, args.vl_pretrained, args.index, args.world, args.results,
+                           device=args.device)
+    service.catalogue.warm_up()
     demo = build_demo(service, args.concurrency, args.max_queue)
     print(f"ready in {time.perf_counter() - t0:.1f} s: {len(service.gallery):,} gallery images, methods "
-          f"{', '.join(service.method_choices())}", file=sys.stderr)
+          f"{', '.join(service.catalogue.method_choices())}", file=sys.stderr)
     launch(demo, service, args.host, args.port, args.share, block=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..options import run
+
     p = argparse.ArgumentParser(prog="app.py", description="The isa-demo Gradio app (composed image retrieval).")
     add_app_args(p)
-    return serve(p.parse_args(argv))
+    p.set_defaults(func=serve)
+    return run(p.parse_args(argv))
 
 
 def register_command(top) -> None:

@@ -54,7 +54,7 @@ def bench_accuracy(world: str | os.PathLike, vl, split: str = "test", out: str |
     if variants is None:
         from ..methods import shipped_variants
 
-        variants = shipped_variants()
+        variants = shipped_variants(vl.name)
     gallery: dict = {}
     kw = dict(out=out, limit=limit, gallery=gallery, progress=progress, command=command, top_k=top_k,
               cache_dir=cache_dir)

@@ -1,15 +1,18 @@
 """Method registry: every CIR method of the project behind :class:`Method`.
 
 ``create_method(name, vl, **kw)`` builds one; ``METHODS`` maps names to factories. Trained
-methods (ISA, masked-pair, single-token) add themselves here as they load checkpoints.
+methods (ISA, masked-pair, single-token) add themselves here as they load checkpoints. A
+method/backbone/checkpoint combination is a :class:`Variant`; :func:`shipped_variants` lists the
+shipped ones.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from ..settings import LIGHTEST_BACKBONE
-from .base import PROMPT, Method, QueryError, clean_modifier
-from .baselines import ImageOnly, Sum, TextOnly, caption_oracle
+from ..settings import LIGHTEST_BACKBONE, SYMMETRIC
+from .base import PROMPT, Method, QueryError, Reference, clean_modifier
+from .baselines import ImageOnly, Sum, TextOnly
+from .variant import Variant
 
 METHODS: dict[str, Callable[..., Method]] = {
     "image-only": lambda vl, **kw: ImageOnly(vl),
@@ -17,7 +20,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "sum": lambda vl, **kw: Sum(vl),
     "isa": lambda vl, backbone=LIGHTEST_BACKBONE, checkpoint=None, prompt=PROMPT, **kw:
         _isa(vl, backbone, checkpoint, prompt),
-    "isa-symmetric": lambda vl, checkpoint=None, prompt=PROMPT, **kw: _isa(vl, "symmetric", checkpoint, prompt),
+    "isa-symmetric": lambda vl, checkpoint=None, prompt=PROMPT, **kw: _isa(vl, SYMMETRIC, checkpoint, prompt),
     "masked-ti": lambda vl, checkpoint=None, prompt=PROMPT, **kw: _masked_ti(vl, "masked-ti", checkpoint, prompt),
     "single-token": lambda vl, checkpoint=None, prompt=PROMPT, **kw: _masked_ti(vl, "single-token", checkpoint, prompt),
 }
@@ -42,19 +45,19 @@ def create_method(name: str, vl, **kwargs) -> Method:
     return METHODS[name](vl, **kwargs)
 
 
-def shipped_variants() -> list[dict]:
-    """Every method/backbone the project ships, as ``create_method`` arguments:
-    ``{"method": name, "backbone": str | None, "checkpoint": path | None}``. ``bench accuracy``
-    evaluates exactly these (plus the caption oracle)."""
-    from ..models import SHIPPED_BACKBONES, SYMMETRIC, shipped_checkpoint
+def shipped_variants(vl_name: str | None = None) -> list[dict]:
+    """Every method/backbone the project ships for the built-in VL model ``vl_name`` (default: the
+    default one; another VL model has only the training-free baselines), as ``create_method`` arguments:
+    ``{"method": name, "backbone": str | None, "checkpoint": path | None}`` (:meth:`Variant.as_dict`).
+    ``bench accuracy`` evaluates exactly these (plus the caption oracle)."""
+    from ..models import SHIPPED_BACKBONES, shipped_checkpoint
     from ..models.masked_ti import shipped_variants as masked_ti_variants
 
-    out = [{"method": name, "backbone": None, "checkpoint": None} for name in ("image-only", "text-only", "sum")]
-    for b in SHIPPED_BACKBONES + [SYMMETRIC]:
-        if shipped_checkpoint(b).exists():
-            out.append({"method": "isa-symmetric" if b == SYMMETRIC else "isa", "backbone": b, "checkpoint": None})
-    return out + masked_ti_variants()
+    out = [Variant(name).as_dict() for name in ("image-only", "text-only", "sum")]
+    out += [Variant("isa", b).as_dict() for b in SHIPPED_BACKBONES + [SYMMETRIC]
+            if shipped_checkpoint(b, vl_name).exists()]
+    return out + masked_ti_variants(vl_name)
 
 
-__all__ = ["METHODS", "PROMPT", "PROMPT_METHODS", "Method", "QueryError", "clean_modifier", "create_method",
-           "caption_oracle", "shipped_variants"]
+__all__ = ["METHODS", "PROMPT", "PROMPT_METHODS", "Method", "QueryError", "Reference", "Variant", "clean_modifier",
+           "create_method", "shipped_variants"]

@@ -9,10 +9,9 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ..models.masked_ti import Phi, load_phi, shipped_checkpoint
-from .base import PROMPT, PseudoTokenMethod
+from .base import PROMPT, PseudoTokenMethod, Reference
+from .baselines import vl_image_reference
 
 
 class MaskedTI(PseudoTokenMethod):
@@ -27,7 +26,7 @@ class MaskedTI(PseudoTokenMethod):
         if phi is not None:
             self.phi, self.meta = phi.to(vl.device).eval(), {}
         else:
-            self.phi, self.meta = load_phi(checkpoint or shipped_checkpoint(self.default_checkpoint), vl)
+            self.phi, self.meta = load_phi(checkpoint or shipped_checkpoint(self.default_checkpoint, vl.name), vl)
         self.phi.requires_grad_(False)
         method = self.meta.get("method")
         if method in ("masked-ti", "single-token"):
@@ -38,20 +37,10 @@ class MaskedTI(PseudoTokenMethod):
             if stem.startswith(method + "-"):
                 self.name = stem
 
-    # the two stages, separately timed by the app and the efficiency benchmark
-    def encode_reference(self, images) -> torch.Tensor:
+    def encode_reference(self, images) -> Reference:
         """Query image encoder: the frozen VL image tower and Phi -> pseudo words ``(B, 1, d_w)``."""
-        g = self.vl.encode_image_tensor(self.vl.images_to_tensor(images))
-        return self.phi(g)[:, None]
-
-    def _encode(self, images, modifiers):
-        return self.compose(self.encode_reference(images), modifiers)
-
-    @torch.no_grad()
-    def explain(self, image, modifier: str) -> dict:
-        phi_vec = self.encode_reference([image])[0, 0]
-        return {"pseudo_words": self.vl.nearest_words(phi_vec[None]),
-                "prompt": self.shown_prompt(modifier)}
+        g = vl_image_reference(self.vl, images).features
+        return Reference(words=self.phi(g)[:, None])
 
     def identity(self) -> dict:
         out = super().identity()

@@ -17,7 +17,7 @@ def _notice(page):
 
 def test_compose_page_end_to_end(browser, app_url, artifacts, tmp_path):
     url, service = app_url
-    example = service.example_queries(2)[1]
+    example = service.inspector.example_queries(2)[1]
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -87,7 +87,7 @@ def test_failure_inspector_and_compare(browser, app_url, artifacts):
     page.screenshot(path=str(artifacts / "app-failures.png"), full_page=True)
 
     page.get_by_role("tab", name="Compare").click()
-    example = service.example_queries(1)[0]
+    example = service.inspector.example_queries(1)[0]
     page.locator("#c-reference input[type=file]").set_input_files(example["image"])
     page.wait_for_selector("#c-reference img", timeout=TIMEOUT)
     page.locator("#c-modifier textarea, #c-modifier input").first.fill("remove the star")
