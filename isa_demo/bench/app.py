@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..options import add_vl_args
 from ..settings import REPO, WORLD_DIR
 
 APP_CSV = "app.csv"
@@ -48,8 +49,7 @@ def add_bench_args(p) -> None:
     p.add_argument("--url", default=None, help="measure an app that is already running at URL (no cold start)")
     p.add_argument("--concurrency", type=int, default=None, help="the app's --concurrency (default: its own)")
     p.add_argument("--index", default=None, help="passed to app.py")
-    p.add_argument("--model", default=None, help="passed to app.py")
-    p.add_argument("--pretrained", default=None, help="passed to app.py")
+    add_vl_args(p, model=None, pretrained=None, default_note="passed to app.py; default: the app's", device=False)
     p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for the app to serve")
     p.add_argument("--world", default=str(WORLD_DIR), help="world whose test queries are sent")
     p.add_argument("--out", default=None, help="results directory (default assets/results)")
@@ -272,10 +272,10 @@ def run_bench(clients: int = 16, per_client: int = 50, sequential: int = 200, wa
 
 def run_bench_cli(args) -> int:
     extra = []
-    for flag in ("index", "model", "pretrained", "concurrency"):
+    for flag in ("index", "vl_model", "vl_pretrained", "concurrency"):
         value = getattr(args, flag, None)
         if value is not None:
-            extra += [f"--{flag}", str(value)]
+            extra += [f"--{flag.replace('_', '-')}", str(value)]
     df = run_bench(args.clients, args.queries, args.sequential, args.warmup, args.method, args.backbone, args.k,
                    args.url, extra, args.world, args.out, args.startup_timeout)
     with_cols = [c for c in ("scenario", "method", "backbone", "clients", "queries", "errors", "p50_ms", "p99_ms",

@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..settings import REPO, RESULTS_DIR
+from ..settings import ASSETS_DIR, REPO, RESULTS_DIR
 
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
 ACCURACY_KEYS = ["method", "backbone"]
@@ -95,7 +95,7 @@ def render(results: str | Path) -> str:
     results = Path(results)
     parts = ["### Training runs of the shipped checkpoints (2-core CPU)\n",
              "read from each checkpoint's metadata, as `train vl|isa|masked-ti` recorded it (seconds)\n",
-             markdown_table(training_table(results.parent), TRAINING_COLUMNS, 1) + "\n"]
+             markdown_table(training_table(ASSETS_DIR), TRAINING_COLUMNS, 1) + "\n"]
     for title, command, file, columns, decimals in TABLES:
         path = results / file
         parts.append(f"### {title}\n")
