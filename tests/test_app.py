@@ -464,3 +464,13 @@ def test_any_index_by_path(tiny_vl, small_world, tmp_path):
 
         DemoService(load_vl("isa-test-tiny-custom", None, device="cpu"), GalleryIndex.load(
             tmp_path / "index", expected_identity=load_vl("isa-test-tiny-custom", None, device="cpu").identity()))
+
+
+def test_examples_are_a_seeded_draw_one_per_family(service):
+    """The UI's examples: one query per modification family, drawn with a fixed seed (the same on
+    every start, another seed gives others), never chosen by a model's results."""
+    a, b = service.inspector.example_queries(8), service.inspector.example_queries(8)
+    assert a == b
+    families = [e["mod_type"].split(":")[0] for e in a]
+    assert len(set(families)) == len(families)
+    assert service.inspector.example_queries(8, seed=1) != a

@@ -18,6 +18,7 @@ from .catalogue import Catalogue
 from .inputs import InputError
 
 FAILURE_COLUMNS = ("query_id", "mod_type", "modifier", "rank", "subset_rank")
+EXAMPLE_SEED = 0  # the examples are a seeded draw from the test split, the same on every start
 
 
 class Inspector:
@@ -53,25 +54,23 @@ class Inspector:
         p = self.world_paths().get(str(name))
         return str(p) if p is not None else None
 
-    def example_queries(self, n: int = 12) -> list[dict]:
-        """The first query of each modification type (then more), from the world's test split."""
+    def example_queries(self, n: int = 12, seed: int = EXAMPLE_SEED) -> list[dict]:
+        """Example queries drawn from the world's test split with a fixed seed: one per modification
+        family first (in the world's order), then more at random. Never picked by how well a model
+        does on them."""
         if self.world is None:
             return []
         try:
             queries = self.world.queries(self.world_split)
         except Exception:
             return []
-        picked, seen = [], set()
-        for q in queries:  # one per modification family first
-            fam = q.get("mod_type", "").split(":")[0]
-            if fam not in seen:
-                seen.add(fam)
-                picked.append(q)
-        for q in queries:
-            if len(picked) >= n:
-                break
-            if q not in picked:
-                picked.append(q)
+        rng = np.random.default_rng(seed)
+        families: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            families.setdefault(q.get("mod_type", "").split(":")[0], []).append(i)
+        picked = [int(rng.choice(ids)) for ids in families.values()]
+        rest = [i for i in rng.permutation(len(queries)).tolist() if i not in set(picked)]
+        picked = [queries[i] for i in (picked + rest)[:n]]
         out = []
         for q in picked[:n]:
             path = self.world_image(q["reference"])
