@@ -100,7 +100,9 @@ def register(sub) -> None:
                                    "assets/results/accuracy.csv (+ accuracy.json provenance).")
     add_world_arg(p)
     p.add_argument("--split", default="test")
-    p.add_argument("--out", default=str(RESULTS_DIR), help="results folder")
+    p.add_argument("--out", default=None,
+                   help=f"results folder (default {RESULTS_DIR} for the default VL model, {RESULTS_DIR}/vl/NAME "
+                        f"for another built-in one)")
     add_eval_args(p)
     p.set_defaults(func=_accuracy)
 
@@ -109,8 +111,11 @@ def _accuracy(args) -> int:
     import sys
 
     from ..evaluation.cli import load_eval_vl
+    from ..evaluation.results import results_dir_for
 
-    df, record = bench_accuracy(args.world, load_eval_vl(args), split=args.split, out=args.out, limit=args.limit,
+    vl = load_eval_vl(args)
+    args.out = args.out or str(results_dir_for(vl.name))
+    df, record = bench_accuracy(args.world, vl, split=args.split, out=args.out, limit=args.limit,
                                 progress=not args.quiet, command=command_line(args, "bench", "accuracy"),
                                 top_k=args.top_k, cache_dir=args.cache_dir)
     cols = [c for c in ["method", "backbone", "R@1", "R@5", "R@10", "R@50", "Rs@1", "mAP@10", "R@1_of_oracle"]

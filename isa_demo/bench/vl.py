@@ -53,10 +53,12 @@ def register(sub) -> None:
 
 
 def _bench(args) -> int:
-    from ..evaluation.results import write_table
+    from ..evaluation.results import merge_rows, write_table
     from ..vl import load_vl
 
     df = evaluate_vl(load_vl(**vl_kwargs(args)), World(args.world), args.split)
+    if args.out:  # one table for every VL model measured: this model's rows replaced, the others kept
+        df = merge_rows(df, args.out, "model")
     print(df.to_string(index=False, float_format="%.4f"))
     if args.out:
         write_table(df, args.out)

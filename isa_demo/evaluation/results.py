@@ -96,6 +96,26 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     write_json(path.with_suffix(".json"), provenance(), indent=2)
 
 
+def results_dir_for(vl_name: str, root: str | os.PathLike = RESULTS_DIR) -> Path:
+    """Where the evaluations of one built-in VL model's release go: ``root`` for the default model
+    (what the app and the README read first), ``root/vl/NAME`` for any other (kept for comparison)."""
+    from ..settings import BUILTIN_VL
+
+    return Path(root) if vl_name == BUILTIN_VL else Path(root) / "vl" / vl_name
+
+
+def merge_rows(df: pd.DataFrame, path: str | os.PathLike, key: str) -> pd.DataFrame:
+    """``df`` with the rows of the table at ``path`` whose ``key`` is not among ``df``'s (a table
+    that compares several models: rerunning one model replaces only its own rows)."""
+    path = Path(path)
+    if not path.exists():
+        return df
+    old = pd.read_csv(path)
+    if key not in old:
+        return df
+    return pd.concat([old[~old[key].isin(set(df[key]))], df], ignore_index=True)
+
+
 def _read(path: Path, how: str) -> pd.DataFrame:
     if not path.exists():
         raise ResultsMissing(f"no {path.name} at {path}; run `{how}` first")

@@ -95,13 +95,14 @@ def register(sub) -> None:
 
 def _release(sub) -> None:
     from ..settings import BUILTIN_VL
-    from .release import RELEASE
+    from .release import release
 
     p = sub.add_parser("release", help="retrain the whole shipped release in order, skipping what is up to date",
                        description="The VL model, every ISA encoder, the masked-pair models and the single-token "
                                    "baseline, then the default gallery index, for one built-in VL model. A step "
                                    "whose checkpoint already matches the VL weights and its recipe is skipped; an "
-                                   "interrupted step resumes. Steps: " + ", ".join(s.label for s in RELEASE) + ".")
+                                   "interrupted step resumes. Steps: "
+                                   + ", ".join(s.label for s in release(BUILTIN_VL)) + ".")
     add_world_arg(p)
     p.add_argument("--vl-model", default=BUILTIN_VL,
                    help="built-in VL model whose release to train (default %(default)s)")
