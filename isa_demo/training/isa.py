@@ -65,7 +65,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     if lar not in ("late", "vocab", "none"):
         raise ValueError(f"--lar must be late, vocab or none, not {lar!r}")
     device = device or default_device()
-    precision = amp.resolve(precision, device)
+    precision = amp.resolve(precision, device, convolutional=backbone != SYMMETRIC)
     torch.manual_seed(seed)
     vl = load_vl(vl_name, vl_pretrained, device=device)
     w = World(world)

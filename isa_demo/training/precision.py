@@ -33,15 +33,20 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve(precision: str, device: str) -> str:
-    """``auto`` -> the fastest safe choice for ``device``; anything else is checked."""
+def resolve(precision: str, device: str, convolutional: bool = False) -> str:
+    """``auto`` -> the fastest safe choice for ``device``; anything else is checked.
+
+    ``convolutional``: the trained network is a convolutional backbone. On a CPU, ``auto`` keeps
+    those in fp32: oneDNN's bf16 depthwise and small convolutions are slower than fp32 there
+    (measured by ``bench precision``: the lightest ISA backbone ran 1.8x slower in bf16), while
+    the transformer trainers (VL model, symmetric ISA, masked-pair text tower) gain."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     cuda = str(device).startswith("cuda")
     if precision == "auto":
         if cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_bf16() else "fp32"
+        return "bf16" if cpu_has_bf16() and not convolutional else "fp32"
     if precision == "fp16" and not cuda:
         raise ValueError("fp16 autocast is for CUDA; use bf16 or fp32 on a CPU")
     return precision
