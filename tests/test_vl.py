@@ -116,3 +116,23 @@ def test_explanations_decode_only_learned_words(tiny_vl, tmp_path):
     table, back = tiny_vl.text.token_embedding.weight, vl.text.token_embedding.weight
     assert torch.allclose(back, table, atol=table.abs().max().item() / 100)
     assert load_vl("isa-test-tiny", "none", device="cpu").vocabulary is None  # random weights: the whole tokenizer
+
+
+def test_checkpoint_stores_only_trained_token_rows(tiny_vl, tmp_path):
+    """A built-in checkpoint keeps the token-embedding rows training updated; the others load as
+    the seeded untrained rows, so every text of the training vocabulary encodes as before."""
+    from isa_demo.vl.model import untrained_token_rows
+
+    ids = tiny_vl.tokenize(["a red circle at the top"])[0]
+    rows = sorted(set(ids[ids > 0].tolist()))
+    path = tmp_path / "m.safetensors"
+    export_safetensors(tiny_vl.model, path, "isa-test-tiny", {}, trained_rows=rows)
+    vl = load_vl("isa-test-tiny", str(path), device="cpu")
+    table = vl.text.token_embedding.weight
+    assert torch.allclose(table[rows], tiny_vl.text.token_embedding.weight[rows], atol=1e-3)
+    others = torch.ones(len(table), dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(table[others], untrained_token_rows(table.shape)[others])
+    a = vl.encode_texts(["a red circle at the top"])
+    b = tiny_vl.encode_texts(["a red circle at the top"])
+    assert torch.allclose(a, b, atol=1e-2)

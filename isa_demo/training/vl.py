@@ -19,8 +19,8 @@ is the first model ``isa-world-vit``'s):
   own four paraphrase templates only.
 - ``precision``: bf16 autocast where the hardware has it (:mod:`isa_demo.training.precision`).
 
-The checkpoint stores the token embedding as int8 rows (:func:`isa_demo.common.pack_state`;
-the model learns a few dozen of its 49,408 rows) and everything else as fp16.
+The checkpoint stores only the token-embedding rows training updated (a few dozen of 49,408;
+the others are seeded random rows, see :func:`export_safetensors`), and everything else as fp16.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..common import atomic_path, default_device, pack_state
 from ..settings import RUNS_DIR
-from ..vl.model import TextParts, builtin_checkpoint, caption_vocabulary, config_json, encode_text_trimmed
+from ..vl.model import TextParts, builtin_checkpoint, config_json, encode_text_trimmed, special_tokens
 from ..world import World
 from ..world.render import IMAGE_SIZE, render
 from ..world.scene import near_variant, scene_key
@@ -50,18 +50,27 @@ TOKEN_EMBEDDING = "token_embedding.weight"
 
 
 def export_safetensors(model: torch.nn.Module, path: str | Path, name: str, extra: dict,
-                       vocabulary: list[int] | None = None) -> None:
-    """Write a model's weights (fp16; token embeddings as int8 rows) with the config in the metadata,
-    and ``vocabulary``: the token ids it learned (what explanations decode pseudo words into)."""
+                       trained_rows: list[int] | None = None, vocabulary: list[int] | None = None) -> None:
+    """Write a model's weights as fp16 safetensors with the config in the metadata.
+
+    ``trained_rows``: the token-embedding rows that training updated (a built-in model learns a
+    few dozen of its 49,408): only those are stored, the others are recorded as seeded random rows
+    (:func:`isa_demo.vl.model.untrained_token_rows`; they were never trained, so any draw of the
+    same initialisation is the same model for every text it was trained on). Without it the whole
+    table is stored as int8 rows. ``vocabulary``: the words it learned (explanations decode
+    pseudo words into these only)."""
     from safetensors.torch import save_file
 
     state = {}
+    meta = {"model_name": name, "config": config_json(name), **{k: str(v) for k, v in extra.items()}}
     for k, v in model.state_dict().items():
-        if k.endswith(TOKEN_EMBEDDING):
+        if k.endswith(TOKEN_EMBEDDING) and trained_rows is not None:
+            state[k] = v[torch.as_tensor(trained_rows)].half().contiguous()
+            meta["token_embedding_rows"] = json.dumps(trained_rows)
+        elif k.endswith(TOKEN_EMBEDDING):
             state.update(pack_state({k: v}))
         else:
             state[k] = (v.half() if v.is_floating_point() else v).contiguous()
-    meta = {"model_name": name, "config": config_json(name), **{k: str(v) for k, v in extra.items()}}
     if vocabulary is not None:
         meta["vocabulary"] = json.dumps(vocabulary)
     with atomic_path(path) as tmp:
@@ -176,13 +185,14 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
                        {"elapsed_s": elapsed + time.time() - t0, "total": total, "recipe": recipe})
     elapsed += time.time() - t0
     model.eval()
-    sample = [records[i]["scene"] for i in range(min(n, 3000))]
-    pos, neg = _captions(sample, np.random.default_rng(seed), captions, text_negatives)
+    moments = opt.state.get(text_emb, {}).get("exp_avg_sq")  # rows that ever had a gradient
+    trained = None if moments is None else (moments.abs().sum(1) > 0).nonzero().flatten().tolist()
     export_safetensors(model, out, name, {"world_seed": w.meta["seed"], "steps": total, "batch_size": batch_size,
                                           "train_images": n, "train_seconds": round(elapsed, 1),
                                           "recipe": json.dumps(recipe), "device": device,
                                           "date": time.strftime("%Y-%m-%d")},
-                       vocabulary=caption_vocabulary(tokenizer, pos + neg))
+                       trained_rows=trained,
+                       vocabulary=None if trained is None else sorted(set(trained) - special_tokens(tokenizer)))
     info = {"checkpoint": str(out), "steps": total, "train_seconds": round(elapsed, 1), "device": device,
             "precision": precision, "torch_threads": torch.get_num_threads()}
     print(json.dumps(info))

@@ -284,10 +284,20 @@ class VLModel:
         return out
 
 
+def special_tokens(tokenizer) -> set[int]:
+    """Start, end and padding token ids."""
+    return set(tokenizer([""])[0].tolist())
+
+
 def caption_vocabulary(tokenizer, captions: Sequence[str]) -> list[int]:
     """The token ids of ``captions`` (without start, end and padding tokens)."""
-    special = set(tokenizer([""])[0].tolist())
-    return sorted(set(tokenizer(list(captions)).unique().tolist()) - special)
+    return sorted(set(tokenizer(list(captions)).unique().tolist()) - special_tokens(tokenizer))
+
+
+def untrained_token_rows(shape, seed: int = 0) -> torch.Tensor:
+    """The token-embedding rows a built-in checkpoint does not store (never trained): open_clip's
+    initialisation, normal(0, 0.02), drawn from a generator seeded with ``seed``."""
+    return torch.empty(shape).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
 
 
 def world_vocabulary(tokenizer, n: int = 2000) -> list[int]:
@@ -333,6 +343,12 @@ def load_state_checked(model, path: str | os.PathLike, name: str) -> dict:
 
         meta = read_metadata(path)
         state = unpack_state(load_file(path))  # the token embedding may be stored as int8 rows
+        if "token_embedding_rows" in meta:  # only the trained rows are stored
+            key = next(k for k in state if k.endswith("token_embedding.weight"))
+            rows = torch.as_tensor(json.loads(meta["token_embedding_rows"]))
+            full = untrained_token_rows(model.state_dict()[key].shape)
+            full[rows] = state[key].float()
+            state[key] = full
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
