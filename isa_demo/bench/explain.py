@@ -11,7 +11,8 @@ test references for every shipped ISA encoder.
   word looks somewhere else; 1/L: all look at one place);
 - ``map_entropy``: mean normalized entropy of the attention maps (1: uniform, 0: one location).
 
-Writes ``assets/results/explain.csv``.
+Writes ``assets/results/explain.csv`` (one table for every VL model measured: rerunning one model
+replaces only its rows).
 """
 from __future__ import annotations
 
@@ -94,10 +95,10 @@ def register(sub) -> None:
 
 
 def _bench(args) -> int:
-    from ..evaluation.results import write_table
+    from ..evaluation.results import merge_rows, write_table
     from ..vl import load_vl
 
-    df = bench_explain(args.world, load_vl(**vl_kwargs(args)), args.limit)
+    df = merge_rows(bench_explain(args.world, load_vl(**vl_kwargs(args)), args.limit), args.out, "vl_model")
     print(df.to_string(index=False, float_format="%.3f"))
     write_table(df, args.out)
     print(f"wrote {args.out}")
