@@ -53,8 +53,8 @@ def fake_method_kwargs(vl, out: str | os.PathLike) -> dict[str, dict]:
 
 
 def write_fake_results(vl, world_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """``accuracy.csv`` + ``efficiency.csv`` (made-up numbers) and the real per-query table of the
-    ``sum`` baseline on the world's test split."""
+    """``accuracy.csv`` + ``efficiency.csv`` (made-up numbers) and the real per-query tables of the
+    ``sum`` and ``image-only`` baselines on the world's test split."""
     import pandas as pd
 
     from isa_demo.evaluation import evaluate
@@ -77,7 +77,8 @@ def write_fake_results(vl, world_dir: str | os.PathLike, out: str | os.PathLike)
                          "setting": "world", "stage": stage, "params": 1e6, "gflops": gflops * scale,
                          "cpu_ms_p50": ms * scale, "gpu_ms_p50": 0.5, "peak_mem_mb": 10.0})
     pd.DataFrame(rows).to_csv(out / "efficiency.csv", index=False)
-    evaluate("world", world_dir, "test", create_method("sum", vl), out=out, progress=False)
+    for method in ("sum", "image-only"):  # two per-query tables: the inspector, and the rank change between them
+        evaluate("world", world_dir, "test", create_method(method, vl), out=out, progress=False)
     return out
 
 

@@ -1,5 +1,6 @@
 """The demo's service layer (pure python) and its HTTP API, on the tiny random model + small world."""
 import io
+import re
 import struct
 import zlib
 
@@ -211,6 +212,141 @@ def test_bad_k(service, example, k):
         service.compose(example["image"], "x", "sum", k=k)
 
 
+BAD_K = {0: "0 is too small", -1: "-1 is too small", 10**9: "1000000000 is too large",
+         "abc": "“abc” is not a number", 7.5: "7.5 is not a whole number", "": "top-K is empty", None: "top-K is empty"}
+
+
+@pytest.mark.parametrize("k", list(BAD_K))
+def test_bad_k_says_what_and_how(service, example, k):
+    """Each bad Top-K gets its own message, and the same one from check_k wherever it is used."""
+    from isa_demo.app.compose import check_k
+
+    with pytest.raises(InputError, match="a whole number from 1 to 50") as e:
+        service.compose(example["image"], "x", "sum", k=k)
+    assert BAD_K[k] in str(e.value)
+    with pytest.raises(InputError, match="from 1 to 10"):
+        check_k(k, maximum=10)
+
+
+def test_good_k_is_used_as_given(service, example):
+    from isa_demo.app.compose import check_k
+
+    assert [check_k(v) for v in (7, 7.0, "7", " 7 ", "7.0", 50, 1)] == [7, 7, 7, 7, 7, 50, 1]
+    assert len(service.compose(example["image"], "x", "sum", k="7").ids) == 7
+
+
+def test_unreadable_image_message_names_the_file_not_the_server(service, upload, tmp_path):
+    """What the user reads: the file's own name, what is wrong and what to do; never the folder the
+    server keeps uploads in, nor a Python exception class."""
+    for name, data in {"zero.png": b"", "[click me](http:x).png": b"GIF89a not really"}.items():
+        with pytest.raises(InputError) as e:
+            service.compose(upload(data, name), "make the circle red", "sum")
+        msg = str(e.value)
+        assert name in msg and "upload a PNG, JPEG, GIF or WebP image" in msg
+        assert str(tmp_path) not in msg and "/" not in msg.replace(name, "")
+        assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b", msg), msg
+
+
+def test_messages_never_show_server_paths(service, tmp_path):
+    with pytest.raises(InputError) as e:
+        service.inspector.failure_table("isa", TINY_BACKBONE)
+    assert "/" not in str(e.value).split("`")[0] and str(service.inspector.results_dir) not in str(e.value)
+    empty = DemoService(service.vl, service.gallery, None, results_dir=tmp_path, variants=[])
+    _, _, note = empty.inspector.efficiency(TINY_BACKBONE)
+    assert str(tmp_path) not in note and "bench accuracy" in note
+    from isa_demo.app.catalogue import incompatibility
+    from isa_demo.methods import Variant
+
+    why = incompatibility(Variant("isa", "resnet18", str(tmp_path / "gone" / "resnet18.safetensors")), service.vl)
+    assert why == "its checkpoint (resnet18.safetensors) is missing"
+
+
+def test_literal_star_stays_a_star_in_the_shown_prompt(service, example):
+    r = service.compose(example["image"], "make it **bold** * red", "isa", TINY_BACKBONE, k=3)
+    assert r.explanation["prompt"] == "a photo of S that make it **bold** * red"
+    m = service.catalogue.get_method(service.catalogue.resolve("masked-ti"))
+    assert m.shown_prompt("a * b") == m.prompt.replace("*", m.word_symbol).format(modifier="a * b")
+
+
+def test_shown_prompt_is_shortened_and_says_so():
+    from isa_demo.app.viz import PROMPT_SHOWN, pseudo_words_markdown
+
+    prompt = "a photo of S that " + "make the circle red and " * 40
+    md = pseudo_words_markdown([[("red", 0.5)]], prompt)
+    shown = md.split("`")[1]
+    assert len(shown) == PROMPT_SHOWN and shown.endswith("…") and "shortened here" in md
+    assert f"{len(prompt):,} characters" in md
+    assert "shortened" not in pseudo_words_markdown([[("red", 0.5)]], "a photo of S that x")
+
+
+def test_user_text_is_never_markdown():
+    from isa_demo.app.viz import md_escape, notice_markdown, notices_markdown
+
+    evil = "[click me](http://x).png <b>x</b> **b** `c` $$m$$ a|b www.x.org"
+    out = md_escape(evil)
+    assert not re.search(r"(?<!\\)[][()<>*`$|:.]", out), out  # every markup character is backslash-escaped
+    assert re.sub(r"\\(.)", r"\1", out) == evil  # and nothing else changed
+    assert md_escape("line\nbreak") == "line break"
+    assert "[" not in notice_markdown(evil).replace("\\[", "") and "](" not in notices_markdown([evil])
+
+
+def test_methods_without_attention_say_so(service, example):
+    from isa_demo.app.ui import _explain_outputs
+
+    r = service.compose(example["image"], "make the circle red", "masked-ti", k=3)
+    words, overlays, note = _explain_outputs(r, "masked-ti")
+    assert overlays == [] and "masked\\-ti has no attention maps" in note and "nearest vocabulary" in words
+    r = service.compose(example["image"], "make the circle red", "sum", k=3)
+    words, overlays, note = _explain_outputs(r, "sum")
+    assert overlays == [] and "no attention maps" in note and "no pseudo words" in words
+    r = service.compose(example["image"], "make the circle red", "isa", TINY_BACKBONE, k=3)
+    words, overlays, note = _explain_outputs(r, "isa")
+    assert len(overlays) == 3 and note == ""
+
+
+def test_animated_reference_is_shown_as_its_first_frame(service, example, upload):
+    from isa_demo.app.inputs import first_frame
+
+    base = Image.open(example["image"]).convert("RGB")
+    frames = [base, base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    path = upload(frames[0], "a.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    still, n = first_frame(path)
+    assert n == 2 and still.mode == "RGB"
+    from isa_demo.common import load_image
+
+    assert np.array_equal(np.asarray(still), np.asarray(load_image(path)))  # what the search uses
+    assert first_frame(example["image"]) == (None, 1) and first_frame(upload(b"nope", "x.gif")) == (None, 1)
+
+
+def test_cross_ranks(service, example):
+    a, b, _ = service.compare(example["image"], example["modifier"], ("isa", TINY_BACKBONE), ("sum", None), 5)
+    ranks = service.cross_ranks(a, b)
+    assert len(ranks["a_in_b"]) == len(a.ids) == 5 and len(ranks["b_in_a"]) == 5
+    assert ranks["depth"] == min(len(service.gallery), 1000)
+    for i, rid in enumerate(a.ids):
+        if rid in b.ids:
+            assert ranks["a_in_b"][i] == b.ids.index(rid) + 1
+    deep = service.compose(example["image"], example["modifier"], "sum", k=50)
+    for i, rid in enumerate(a.ids):  # beyond B's top-5: where B's own deeper search puts it
+        if rid in deep.ids:
+            assert ranks["a_in_b"][i] == deep.ids.index(rid) + 1
+
+
+def test_rank_pairs_and_figure(service):
+    from isa_demo.bench.plots import rank_change_figure
+
+    pairs = service.inspector.rank_pairs(("sum", None), ("image-only", None), "all")
+    one, _ = service.inspector.failure_table("sum", None, "all")
+    assert list(pairs.columns) == ["query_id", "mod_type", "modifier", "rank_1", "rank_2"] and len(pairs) == len(one)
+    colour = service.inspector.rank_pairs(("sum", None), ("image-only", None), "colour")
+    assert 0 < len(colour) < len(pairs) and set(colour["mod_type"]) == {"colour"}
+    fig = rank_change_figure(pairs, "sum", "image-only")
+    ids = [c[0] for t in fig.data if t.customdata is not None for c in t.customdata]
+    assert sorted(ids, key=int) == sorted(map(str, pairs["query_id"]), key=int)  # every query, clickable by id
+    assert fig.layout.xaxis.type == "log" and "sum" in fig.layout.xaxis.title.text
+    assert all("text" not in (t.mode or "") for t in fig.data)
+
+
 def test_corrupt_truncated_and_non_images(service, example, upload):
     good = open(example["image"], "rb").read()
     cases = {
@@ -332,6 +468,13 @@ def test_efficiency_plot_and_table(service, tmp_path):
     assert {"method", "backbone", "R@1", "GFLOPs", "CPU ms"} <= set(table.columns)
     fig2, _, _ = service.inspector.efficiency(None, "cpu_ms_p50")
     assert "cpu" in fig2.layout.xaxis.title.text.lower()
+    for f in (fig, fig2):  # no text drawn on the plot (labels cannot pile up), human titles, a legible scale
+        assert all("text" not in (t.mode or "") for t in f.data) and all(t.showlegend is not False for t in f.data)
+        titles = [f.layout.title.text, f.layout.xaxis.title.text, f.layout.yaxis.title.text]
+        assert not any(raw in t for t in titles for raw in ("cpu_ms_p50", "gflops")), titles
+        top = max(y for t in f.data for y in t.y)
+        assert f.layout.yaxis.range[1] < 60.0 and f.layout.yaxis.range[1] >= top  # the oracle (60) is said, not drawn
+        assert any("caption oracle: 60.0" in a.text for a in f.layout.annotations)
     empty = DemoService(service.vl, service.gallery, None, results_dir=tmp_path, variants=[])
     fig, table, note = empty.inspector.efficiency(TINY_BACKBONE)
     assert fig is None and table is None and "bench accuracy" in note
@@ -415,6 +558,33 @@ def test_http_api_compose(served, example, upload, giant_png):
         client.predict(handle_file(giant_png), "make the circle red", "sum", None, 5, api_name="/compose")
     with pytest.raises(Exception, match="no reference image"):
         client.predict(None, "make the circle red", "sum", None, 5, api_name="/compose")
+
+
+@pytest.mark.parametrize("k", list(BAD_K))
+def test_http_api_top_k_like_the_page(served, example, k):
+    """The API refuses a bad Top-K with the page's own message (the slider's bounds do not answer
+    first), for /compose and /compare."""
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False)
+    with pytest.raises(Exception, match=re.escape(BAD_K[k])):
+        client.predict(handle_file(example["image"]), "make the circle red", "sum", None, k, api_name="/compose")
+    with pytest.raises(Exception, match=re.escape(BAD_K[k])):
+        client.predict(handle_file(example["image"]), "make the circle red", "isa", TINY_BACKBONE, "sum", None, k,
+                       api_name="/compare")
+
+
+def test_http_api_compare_ranks(served, example):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False)
+    both = client.predict(handle_file(example["image"]), example["modifier"], "isa", TINY_BACKBONE, "sum", None, 4,
+                          api_name="/compare")
+    ranks = both["ranks"]
+    assert len(ranks["a_in_b"]) == len(ranks["b_in_a"]) == 4 and ranks["depth"] > 4
+    for i, rid in enumerate(both["a"]["ids"]):
+        if rid in both["b"]["ids"]:
+            assert ranks["a_in_b"][i] == both["b"]["ids"].index(rid) + 1
 
 
 def test_http_serves_only_allowed_files(served, example):

@@ -1,7 +1,7 @@
 """Mixed precision choices, the release command's bookkeeping, and the explanation measurement."""
 import pytest
-from helpers import fake_method_kwargs
 
+from helpers import fake_method_kwargs
 from isa_demo.training import precision as amp
 
 

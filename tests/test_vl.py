@@ -136,3 +136,21 @@ def test_checkpoint_stores_only_trained_token_rows(tiny_vl, tmp_path):
     a = vl.encode_texts(["a red circle at the top"])
     b = tiny_vl.encode_texts(["a red circle at the top"])
     assert torch.allclose(a, b, atol=1e-2)
+
+
+def test_token_text_decodes_byte_level_bpe(tiny_vl):
+    """Pseudo words are shown as text, never as BPE's stand-in characters ('Ã©' for 'é'); a token
+    that is only part of a character is shown as its bytes."""
+    from isa_demo.vl.model import token_text
+
+    tok = tiny_vl.tokenizer
+    assert token_text(tok, tok.encode("circle")[0]) == "circle"
+    assert [token_text(tok, i) for i in tok.encode("é")] == ["é"]
+    pieces = [token_text(tok, i) for i in tok.encode("naïve 🔴")]
+    assert "".join(p for p in pieces if not p.startswith("⟨")).replace(" ", "") in ("naïve", "naïve🔴")
+    lone = token_text(tok, tok.encoder["Ã"])  # the first byte of a two-byte character, alone
+    assert lone == "⟨c3⟩"
+    every = [token_text(tok, i) for i in range(0, len(tok.decoder), 97)]
+    stand_ins = set("ÃÂðŁĶĸ")  # what byte-level pieces look like undecoded
+    undecoded = [w for w in every if stand_ins & set(w) and not w.startswith("⟨")]
+    assert not undecoded, undecoded[:5]

@@ -8,6 +8,7 @@ by parsing.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Callable, Sequence
 
@@ -17,6 +18,8 @@ from ..vl.model import identity_mismatch
 from .inputs import InputError
 
 BASELINES = ("image-only", "text-only", "sum")  # training-free: always offered
+
+log = logging.getLogger("isa_demo.app")
 
 
 def build_variants(raw: Sequence[dict | Variant]) -> list[Variant]:
@@ -45,7 +48,7 @@ def incompatibility(v: Variant, vl) -> str | None:
     if path is None:
         return None
     if not path.exists():
-        return f"checkpoint {v.checkpoint or path} is missing"
+        return f"its checkpoint ({path.name}) is missing"
     try:
         from ..common import read_metadata
 
@@ -137,8 +140,10 @@ class Catalogue:
                     self._methods[v] = self._create(v.method, self.vl, **v.create_kwargs())
                 except (QueryError, InputError) as e:
                     raise InputError(str(e)) from None
-                except Exception as e:  # missing / incompatible checkpoint ...
-                    raise InputError(f"could not load {v.display}: {e}") from None
+                except Exception as e:  # missing / incompatible checkpoint ...: the details are the operator's
+                    log.error("could not load %s: %s", v.display, e, exc_info=True)
+                    raise InputError(f"{v.display} could not be loaded on the server (its checkpoint is missing "
+                                     "or damaged); choose another method") from None
             return self._methods[v]
 
     def warm_up(self, variants: Sequence[Variant] | None = None) -> None:

@@ -48,11 +48,11 @@ def launch(demo, service, host: str = "127.0.0.1", port: int | None = 7860, shar
            block: bool = True, quiet: bool = False):
     """Start the server; serves files only from the gallery, the world's test images and the
     app's own assets (``service.allowed_paths()``)."""
-    from .ui import CSS
+    from .ui import CSS, PAGE_JS
 
     return demo.launch(server_name=host, server_port=port, share=share, allowed_paths=service.allowed_paths(),
                        max_file_size=MAX_UPLOAD, show_error=False, prevent_thread_lock=not block, quiet=quiet,
-                       css=CSS, footer_links=["api"], ssr_mode=False, run_history=False)
+                       css=CSS, js=PAGE_JS, footer_links=["api"], ssr_mode=False, run_history=False)
 
 
 def _faiss_single_thread() -> None:

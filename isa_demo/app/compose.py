@@ -18,6 +18,7 @@ Timings (``ComposeResult.timings_ms``), wall clock with ``time.perf_counter`` ar
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ from .catalogue import Catalogue
 from .inputs import InputError, ModifierCheck, describe_image_source, is_pathlike, load_reference
 
 MAX_K = 50
+RANK_DEPTH = 1000  # how deep Compare looks for one method's results in the other's ranking
+
+log = logging.getLogger("isa_demo.app")
 
 
 @dataclass
@@ -56,6 +60,7 @@ class ComposeResult:
     explanation: dict = field(default_factory=dict)
     excluded_ids: list[int] = field(default_factory=list)
     reference: Any = None  # the decoded RGB reference (for overlays), not serialized
+    query: Any = None  # the query features (1, D), not serialized: ranks beyond the top-K (compare)
 
     @property
     def ids(self) -> list[int]:
@@ -79,14 +84,26 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def check_k(k) -> int:
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise InputError(f"top-K must be a whole number, got {k!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise InputError(f"top-K must be between 1 and {MAX_K}, got {k}")
-    return k
+def check_k(k, maximum: int = MAX_K) -> int:
+    """Top-K as a whole number from 1 to ``maximum``, or :class:`InputError` saying so: the UI
+    (which hands over the box's text as typed) and the HTTP API give the same answer to the same
+    value; nothing is rounded or clamped behind the user's back."""
+    rule = f"top-K must be a whole number from 1 to {maximum}"
+    if k is None or (isinstance(k, str) and not k.strip()):
+        raise InputError(f"top-K is empty: {rule.removeprefix('top-K must be ')}; type one and search again")
+    value = None
+    if not isinstance(k, bool):
+        try:
+            value = float(k.strip()) if isinstance(k, str) else float(k)
+        except (TypeError, ValueError, OverflowError):
+            value = None
+    if value is None or not np.isfinite(value):
+        raise InputError(f"{rule}; “{str(k)[:40]}” is not a number")
+    if value != int(value):
+        raise InputError(f"{rule}; {value:g} is not a whole number")
+    if not 1 <= value <= maximum:
+        raise InputError(f"{rule}; {int(value)} is {'too small' if value < 1 else 'too large'}")
+    return int(value)
 
 
 class Composer:
@@ -159,13 +176,14 @@ class Composer:
             try:
                 with torch.inference_mode():
                     explanation = m.explain_reference(ref, text, 0)
-            except Exception as e:  # the side panel must never break a query
+            except Exception as e:  # the side panel must never break a query; the log gets the details
+                log.warning("explanation failed for %s: %s", v.display, e, exc_info=True)
                 explanation = {"error": f"{type(e).__name__}: {e}"}
             if explanation:
                 timings["explain_ms"] = _ms(t)
         return ComposeResult(v.label, v.backbone_label, text, hits, timings,
                              how + f"; search: faiss inner product over {len(self.gallery):,} images", notices,
-                             explanation or {}, excluded, img)
+                             explanation or {}, excluded, img, q)
 
     def search(self, q, k: int, exclude: Sequence[int] = ()) -> list[Hit]:
         q = q.detach().cpu().numpy() if isinstance(q, torch.Tensor) else np.asarray(q)
@@ -190,6 +208,19 @@ class Composer:
         summary = (f"{shared} of the top {k} are shared; total {ra.timings_ms['total_ms']:.1f} ms vs "
                    f"{rb.timings_ms['total_ms']:.1f} ms")
         return ra, rb, summary
+
+    def cross_ranks(self, a: ComposeResult, b: ComposeResult, depth: int = RANK_DEPTH) -> dict:
+        """Where each of A's results ranks under B and each of B's under A: ``{"depth", "a_in_b",
+        "b_in_a"}``, one rank (1-based) per hit, None when it is below the other's first ``depth``."""
+        def ranking(r: ComposeResult) -> dict[int, int]:
+            if r.query is None:
+                return {h.id: h.rank for h in r.hits}
+            n = min(len(self.gallery), max(depth, len(r.hits)))
+            return {h.id: h.rank for h in self.search(r.query, n, exclude=r.excluded_ids)}
+
+        in_a, in_b = ranking(a), ranking(b)
+        depth = min(len(self.gallery), depth)
+        return {"depth": depth, "a_in_b": [in_b.get(h.id) for h in a.hits], "b_in_a": [in_a.get(h.id) for h in b.hits]}
 
     def reference_gallery_ids(self, image) -> list[int]:
         """Gallery ids whose file has the same bytes as the reference (a picked gallery image)."""

@@ -6,13 +6,14 @@ usable one (CMYK, animated, a modifier too long for the text tower) becomes a no
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 import warnings
 from typing import Any
 
 from PIL import Image
 
-from ..common import ImageError, load_image
+from ..common import MAX_IMAGE_PIXELS, ImageError, load_image
 from ..errors import UserError
 from ..methods import QueryError, clean_modifier
 from ..methods.base import MAX_MODIFIER_CHARS
@@ -56,22 +57,57 @@ def describe_image_source(source) -> list[str]:
     return notes
 
 
+def upload_name(image) -> str:
+    """The uploaded file's own name (never the folder the server keeps it in), or ''."""
+    return os.path.basename(os.fspath(image)) if is_pathlike(image) else ""
+
+
+UNREADABLE = ("not a readable image{name}: it may be damaged, cut short, or not a picture at all; "
+              "upload a PNG, JPEG, GIF or WebP image")
+
+
 def load_reference(image) -> Any:
-    """The reference as an RGB PIL image, or :class:`InputError` with a message for the user."""
+    """The reference as an RGB PIL image, or :class:`InputError` with a message for the user: what
+    is wrong and what to do, with the file's own name at most (no server path, no exception class)."""
     if image is None or (isinstance(image, str) and not image.strip()):
         raise InputError("no reference image: upload or paste one, or pick an example image")
+    name = upload_name(image)
+    name = f" (“{name}”)" if name else ""
     try:
         with warnings.catch_warnings():  # load_image refuses such images itself, with a message
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return load_image(image)
     except ImageError as e:
-        raise InputError(f"the reference image cannot be used: {e}") from None
+        if "too large" in str(e):  # "image is too large: WxH pixels (limit N pixels)"
+            size = re.search(r"\d+x\d+ pixels", str(e))
+            size = f"{size.group()}; " if size else ""
+            raise InputError(f"the reference image cannot be used: image is too large ({size}the limit is "
+                             f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels): scale it down and upload it again") from None
+        raise InputError("the reference image cannot be used: " + UNREADABLE.format(name=name)) from None
     except MemoryError:
-        raise InputError("the reference image cannot be used: it is too large to decode") from None
+        raise InputError("the reference image cannot be used: it is too large to decode; scale it down and "
+                         "upload it again") from None
     except FileNotFoundError:
         raise InputError("the reference image did not arrive (the upload is missing); upload it again") from None
-    except Exception as e:  # any other decoder failure is still the file's fault
-        raise InputError(f"the reference image cannot be used: not a readable image ({type(e).__name__})") from None
+    except Exception:  # any other decoder failure is still the file's fault
+        raise InputError("the reference image cannot be used: " + UNREADABLE.format(name=name)) from None
+
+
+def first_frame(path) -> tuple[Any, int]:
+    """``(the first frame as an RGB image, frame count)`` of an animated image file, ``(None, 1)``
+    for anything else (what the search uses, for the preview to show the same still)."""
+    if not is_pathlike(path):
+        return None, 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                frames = int(getattr(img, "n_frames", 1) or 1)
+                if not getattr(img, "is_animated", False) or frames < 2:
+                    return None, 1
+        return load_image(path), frames
+    except Exception:  # unreadable: the search will say so
+        return None, 1
 
 
 # ---------------------------------------------------------------------------------------- text

@@ -8,17 +8,20 @@ plot's size and axis range, the table's columns).
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..settings import REPO, RESULTS_DIR, WORLD_SPLIT
+from ..settings import RESULTS_DIR, WORLD_SPLIT
 from .catalogue import Catalogue
 from .inputs import InputError
 
 FAILURE_COLUMNS = ("query_id", "mod_type", "modifier", "rank", "subset_rank")
 EXAMPLE_SEED = 0  # the examples are a seeded draw from the test split, the same on every start
+
+log = logging.getLogger("isa_demo.app")
 
 
 class Inspector:
@@ -32,6 +35,7 @@ class Inspector:
         self.results_dir = Path(results_dir)
         self.catalogue = catalogue
         self._world_paths: dict[str, Path] | None = None
+        self._tables: dict[Path, tuple] = {}  # per-query tables by path: (file's mtime, table)
         for mod in ("..evaluation.results", "..bench.plots"):  # import once, here: handlers run in
             try:                                                      # threads, and a concurrent first
                 importlib.import_module(mod, __package__)             # import sees half a module
@@ -106,25 +110,50 @@ class Inspector:
         :class:`InputError` when the table is missing."""
         import pandas as pd
 
-        from ..evaluation.results import read_per_query
 
-        v = self.catalogue.resolve(method, backbone)
-        path = self.per_query_table_path(method, backbone)
-        try:
-            df = read_per_query(path)
-        except FileNotFoundError:
-            shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-            raise InputError(f"no per-query table for {v.display} yet ({shown}); it is written by "
-                             f"`python -m isa_demo bench accuracy`") from None
-        except Exception as e:
-            raise InputError(f"cannot read {path.name}: {type(e).__name__}: {e}") from None
-        if mod_type and mod_type != "all":
-            col = df["mod_type"].astype(str)
-            df = df[(col == mod_type) | col.str.startswith(mod_type + ":")]
+        df = self.per_query(method, backbone)
+        df = _filtered(df, mod_type)
         worst_key = pd.to_numeric(df["rank"], errors="coerce").fillna(np.inf)
         df = df.assign(_k=worst_key).sort_values("_k", ascending=(sort != "worst first"), kind="stable")
         df = df.drop(columns="_k").reset_index(drop=True)
         return df[[c for c in FAILURE_COLUMNS if c in df]], df
+
+    def per_query(self, method: str, backbone: str | None = None):
+        """A method's per-query table of the world's test split, or :class:`InputError` saying
+        which command writes it (the table's file name at most: never a server folder)."""
+        from ..evaluation.results import read_per_query
+
+        v = self.catalogue.resolve(method, backbone)
+        path = self.per_query_table_path(method, backbone)
+        on_disk = path if path.exists() else path.with_suffix(".csv")
+        stamp = on_disk.stat().st_mtime_ns if on_disk.exists() else None
+        cached = self._tables.get(path)
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            return cached[1]  # read once per version of the file (callers never change it in place)
+        try:
+            df = read_per_query(path)
+            self._tables[path] = (stamp, df)
+            return df
+        except FileNotFoundError:
+            raise InputError(f"no per-query table for {v.display} yet ({path.stem}); the operator writes it "
+                             f"with `python -m isa_demo bench accuracy`") from None
+        except Exception as e:
+            log.error("cannot read %s: %s", path, e)
+            raise InputError(f"the per-query table for {v.display} cannot be read (it may be damaged); the "
+                             f"operator rewrites it with `python -m isa_demo bench accuracy`") from None
+
+    def rank_pairs(self, first: tuple[str, str | None], second: tuple[str, str | None], mod_type: str | None = None):
+        """Each query's ground-truth rank under two methods (their per-query tables, joined on the
+        query id): ``query_id, mod_type, modifier, rank_1, rank_2``; filtered like :meth:`failure_table`."""
+        import pandas as pd
+
+        one, two = self.per_query(*first), self.per_query(*second)
+        cols = ["query_id", "mod_type", "modifier", "rank"]
+        df = one[cols].merge(two[["query_id", "rank"]], on="query_id", suffixes=("_1", "_2"))
+        df = _filtered(df, mod_type)
+        for c in ("rank_1", "rank_2"):
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+        return df.reset_index(drop=True)
 
     def failure_detail(self, row: dict, k: int = 10) -> dict:
         """One row of the per-query table -> reference, modifier, ground truths and the top-K
@@ -154,37 +183,51 @@ class Inspector:
         try:
             from ..bench import plots
         except Exception as e:
-            return None, None, f"_The efficiency-accuracy plot is not available ({type(e).__name__}: {e})._"
+            log.error("the plotting module cannot be imported: %s", e)
+            return None, None, "_The efficiency-accuracy plot is not available on this server._"
         try:
             acc, eff = plots.load_accuracy(self.results_dir), plots.load_efficiency(self.results_dir)
             joined = plots.join_accuracy_efficiency(acc, eff)
             if joined.empty:
                 raise plots.ResultsMissing("no accuracy row matches an efficiency row yet")
             figs = plots.accuracy_figures(self.results_dir, metric=metric, highlight=highlight)
-        except plots.ResultsMissing as e:
-            return None, None, f"**No efficiency-accuracy plot yet**: {e}."
+        except plots.ResultsMissing as e:  # the log says where; the page what is missing and how it is made
+            log.info("no efficiency-accuracy plot: %s", e)
+            return None, None, ("**No efficiency-accuracy plot yet**: it needs both results tables, accuracy.csv "
+                                "and efficiency.csv, with matching rows; the operator makes them with "
+                                "`python -m isa_demo bench accuracy` and `python -m isa_demo bench efficiency`.")
         except Exception as e:  # a malformed table
-            return None, None, (f"**No efficiency-accuracy plot**: the results tables could not be read "
-                                f"({type(e).__name__}: {e}); rerun `python -m isa_demo bench accuracy` and "
-                                f"`python -m isa_demo bench efficiency`.")
+            log.error("the results tables cannot be read: %s", e, exc_info=True)
+            return None, None, ("**No efficiency-accuracy plot**: the results tables could not be read (they may "
+                                "be damaged); the operator rewrites them with `python -m isa_demo bench accuracy` "
+                                "and `python -m isa_demo bench efficiency`.")
         fig = figs.get(cost) or next(iter(figs.values()))
         _fit_x_axis(fig)
-        fig.update_layout(height=460, legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0})
+        fig.update_layout(height=560, margin={"l": 60, "r": 20, "t": 60, "b": 20},
+                          legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0, "font": {"size": 11}})
         cols = [c for c in ("method", "backbone", metric, "gflops", "cpu_ms_p50", "params") if c in joined]
         table = joined[cols].copy()
         table["backbone"] = table["backbone"].fillna("")
         if "params" in table:
             table["params"] = (table["params"] / 1e6).round(2)
-        table = table.rename(columns={"params": "params M", "gflops": "GFLOPs", "cpu_ms_p50": "CPU ms"})
+        table = table.rename(columns={"params": "params (M)", "gflops": "GFLOPs", "cpu_ms_p50": "CPU ms"})
         table = table.sort_values(metric, ascending=False).round(3).reset_index(drop=True)
         return fig, table, f"Highlighted: **{highlight}**" if highlight else "Pick an ISA backbone to highlight it."
 
 
+def _filtered(df, mod_type: str | None):
+    """Rows of one modification family (``pair`` keeps every ``pair:...``); ``all`` / None: every row."""
+    if mod_type and mod_type != "all":
+        col = df["mod_type"].astype(str)
+        df = df[(col == mod_type) | col.str.startswith(mod_type + ":")]
+    return df
+
+
 def _fit_x_axis(fig) -> None:
-    """Room on both sides of the log x axis for the point labels (the range is in log10 units)."""
+    """Some room on both sides of the log x axis for the markers (the range is in log10 units)."""
     xs = [float(x) for t in fig.data for x in (list(t.x) if t.x is not None else []) if x is not None]
     xs = [x for x in xs if np.isfinite(x) and x > 0]
     if xs:
         lo, hi = float(np.log10(min(xs))), float(np.log10(max(xs)))
-        pad = max(0.4, 0.25 * (hi - lo))
+        pad = max(0.2, 0.1 * (hi - lo))
         fig.update_xaxes(range=[lo - pad, hi + pad])

@@ -58,6 +58,11 @@ class DemoService:
         """One query through two choices: :meth:`Composer.compare <isa_demo.app.compose.Composer.compare>`."""
         return self.composer.compare(image, modifier, a, b, k)
 
+    def cross_ranks(self, a: ComposeResult, b: ComposeResult) -> dict:
+        """Where each result of one ranks under the other: :meth:`Composer.cross_ranks
+        <isa_demo.app.compose.Composer.cross_ranks>`."""
+        return self.composer.cross_ranks(a, b)
+
     # ------------------------------------------------------------------ the server
     def allowed_paths(self) -> list[str]:
         """Folders the web server may serve: the gallery's image folders, the world's test images

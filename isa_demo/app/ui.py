@@ -1,30 +1,58 @@
 """The Gradio layout: tabs, components and event wiring around a :class:`DemoService`, one
 function per tab or panel (:func:`compose_tab`, :func:`efficiency_panel`, :func:`compare_tab`,
-:func:`failures_tab`, :func:`about_tab`, :func:`api_endpoints`).
+:func:`isa_demo.app.failures.failures_tab`, :func:`about_tab`, :func:`api_endpoints`); the pieces
+they share (messages, choices, the page's CSS and script) are in :mod:`isa_demo.app.widgets`.
 
 Every handler goes through :func:`guarded`, the app's one place that turns an exception into a
 message: a :class:`isa_demo.errors.UserError` (bad input, a missing table) shows its own message
-(a ``gr.Warning`` toast plus a persistent note next to the results); anything else is a bug,
-logged with its traceback on the server and shown as one line. Named API endpoints:
+(a ``gr.Warning`` toast plus a persistent note next to the results), as text, never as Markdown;
+anything else is a bug, logged with its traceback on the server and shown as one line. Top-K is
+checked by the service (:func:`isa_demo.app.compose.check_k`), the same for the page and the API,
+and the slider always shows the K the results were searched with. Named API endpoints:
 ``/compose`` and ``/compare`` (JSON: ids, names, scores, timings, notices) and ``/variants``.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import traceback
-from dataclasses import dataclass
-from typing import Callable
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # an offline demo: no phoning home
 
 import gradio as gr  # noqa: E402
 
-from ..errors import UserError  # noqa: E402
-from .compose import MAX_K  # noqa: E402
+from ..bench.plots import display_name, rank_moves_figure  # noqa: E402
+from .compose import MAX_K, check_k  # noqa: E402
+from .failures import failures_tab  # noqa: E402
+from .inputs import InputError  # noqa: E402
 from .service import DemoService  # noqa: E402
-from .viz import attention_overlays, notices_markdown, pseudo_words_markdown, timings_markdown, token_captions  # noqa: E402
+from .viz import (  # noqa: E402
+    attention_note,
+    attention_overlays,
+    md_escape,
+    notices_markdown,
+    pseudo_words_markdown,
+    timings_markdown,
+    token_captions,
+)
+from .widgets import (  # noqa: E402
+    CSS,
+    NO_LATEX,
+    PAGE_JS,
+    PRIVATE,  # noqa: E402
+    Choices,
+    ReferenceImage,
+    TopK,
+    api_error,
+    guarded,
+    notice,
+    reference_input,
+    shown_k_js,
+    still_reference,
+    top_k_slider,
+    typed_k_js,
+)
+
+__all__ = ["CSS", "PAGE_JS", "ReferenceImage", "TopK", "build_ui", "guarded"]
 
 log = logging.getLogger("isa_demo.app")
 
@@ -33,103 +61,36 @@ EXAMPLE_MODIFIERS = ["make the circle red", "remove the star", "add a small gree
                      "make the background black", "replace the star with a heart", "move the star to the left",
                      "make the triangle larger"]
 COSTS = {"GFLOPs": "gflops", "CPU latency (ms)": "cpu_ms_p50"}
-CSS = """
-#results .caption-label, #inspector-top .caption-label {font-variant-numeric: tabular-nums;}
-#notice blockquote {margin: 0.2em 0;}
-"""
-PRIVATE = {"api_visibility": "private"}
 
 
-class ReferenceImage(gr.Image):
-    """``gr.Image`` whose preprocessing never raises: a file Pillow cannot open (corrupt,
-    truncated, a decompression bomb) is handed over as its upload path, so that the service can
-    say what is wrong with it instead of the UI showing a bare "Error"."""
-
-    is_template = True  # use the stock Image frontend
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except Exception:
-            path = getattr(payload, "path", None)
-            return str(path) if path else None
+def _result_items(result, other: list | None = None, tag: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    """Gallery items: ``#rank · score``, and with ``other`` (ranks under the other method) where
+    each result ranks there: ``B #4`` / ``B >1000``."""
+    items = []
+    for i, h in enumerate(result.hits):
+        caption = f"#{h.rank} · {h.score:.3f}"
+        if other is not None:
+            where = other[i] if i < len(other) else None
+            caption += f" · {tag} #{where}" if where else f" · {tag} >{depth}"
+        items.append((h.path, caption))
+    return items
 
 
-# ---------------------------------------------------------------------------------------- errors
-def guarded(on_error: Callable[[str], object]):
-    """Decorate a handler: a :class:`UserError` becomes ``on_error(its message)``; any other
-    exception is logged with its traceback and becomes ``on_error(one line)``."""
-    def wrap(fn):
-        @functools.wraps(fn)
-        def handler(*args):
-            try:
-                return fn(*args)
-            except UserError as e:
-                message = str(e)
-            except Exception as e:  # noqa: BLE001 - a bug: the log gets the traceback, the page one line
-                log.error("unexpected error in the demo:\n%s", traceback.format_exc())
-                message = f"something went wrong on the server ({type(e).__name__}); the query was not run"
-            return on_error(message)
-        return handler
-    return wrap
-
-
-def _notice(message: str, warn: bool = True) -> str:
-    if warn:
-        gr.Warning(message)
-    return f"> ⚠️ **{message}**"
-
-
-def _api_error(message: str):
-    raise gr.Error(message, print_exception=False)
-
-
-# ---------------------------------------------------------------------------------------- pieces
-@dataclass
-class Choices:
-    """The method and backbone choices every tab offers; the backbone is for ISA only."""
-
-    methods: list[str]
-    default_method: str
-    backbones: list[str]
-    default_backbone: str | None
-
-    @classmethod
-    def of(cls, service: DemoService) -> "Choices":
-        c = service.catalogue
-        return cls(c.method_choices(), c.default_method(), c.all_backbones(), c.default_backbone())
-
-    def has_backbone(self, method: str | None) -> bool:
-        return bool(self.backbones) and method == "isa"
-
-    def pair(self, method_label: str, backbone_label: str, method: str | None = None, backbone: str | None = None,
-             method_id: str | None = None, backbone_id: str | None = None) -> tuple[gr.Dropdown, gr.Dropdown]:
-        """A method dropdown and its backbone dropdown (enabled only while the method is ISA)."""
-        method = method or self.default_method
-        m = gr.Dropdown(self.methods, value=method, label=method_label, elem_id=method_id)
-        b = gr.Dropdown(self.backbones, value=backbone or self.default_backbone, label=backbone_label,
-                        interactive=self.has_backbone(method), elem_id=backbone_id)
-        m.change(lambda v: gr.update(interactive=self.has_backbone(v)), m, b, queue=False, **PRIVATE)
-        return m, b
-
-
-def _result_items(result) -> list[tuple[str, str]]:
-    return [(h.path, f"#{h.rank} · {h.score:.3f}") for h in result.hits]
-
-
-def _explain_outputs(result) -> tuple[str, list]:
+def _explain_outputs(result, name: str) -> tuple[str, list, str]:
+    """Pseudo-word table, attention overlays and the attention panel's note (when it has nothing
+    to draw, it says why)."""
     ex = result.explanation or {}
     words = ex.get("pseudo_words")
     if ex.get("error"):
-        md = f"_The explanation failed: {ex['error']}_"
-    else:
-        md = pseudo_words_markdown(words, ex.get("prompt"))
+        log.warning("explanation failed: %s", ex["error"])
+        return ("_The explanation could not be computed for this query; the results are not affected._", [],
+                attention_note(name, False, failed=True))
+    md = pseudo_words_markdown(words, ex.get("prompt"), name)
     maps = ex.get("attention")
-    overlays = []
-    if maps is not None and result.reference is not None:
-        pics = attention_overlays(result.reference, maps)
-        overlays = list(zip(pics, token_captions(words, len(pics))))
-    return md, overlays
+    if maps is None or result.reference is None:
+        return md, [], attention_note(name, bool(words))
+    pics = attention_overlays(result.reference, maps)
+    return md, list(zip(pics, token_captions(words, len(pics)))), ""
 
 
 # ---------------------------------------------------------------------------------------- layout
@@ -160,26 +121,39 @@ def compose_tab(demo: gr.Blocks, service: DemoService, choices: Choices) -> list
     backbone, k]`` (the ``/compose`` endpoint and the Compare tab's copy button use them)."""
     examples = service.inspector.example_queries(12)
 
-    @guarded(lambda message: ([], _notice(message), "", [], ""))
-    def run(image, modifier, method, backbone, k):
+    def failed(message, k_shown=None):
+        if k_shown is not None:  # a bad Top-K: nothing searched, the results shown and their K stay
+            return (gr.update(), notice(message), gr.update(), gr.update(), gr.update(), gr.update(), k_shown,
+                    gr.update())
+        return [], notice(message), "", gr.update(value=[], visible=False), "", "", gr.update(), gr.update()
+
+    @guarded(failed)
+    def search(image, modifier, method, backbone, k, upload_note):
         r = service.compose(image, modifier, method, backbone, k)
-        words, overlays = _explain_outputs(r)
-        name = f"{r.method} · {r.backbone}" if r.backbone else r.method
-        head = f"**{name}**: top {len(r.hits)} of {len(service.gallery):,}"
-        note = "\n\n".join(x for x in (head, notices_markdown(r.notices)) if x)
-        return _result_items(r), note, words, overlays, timings_markdown(r.timings_ms, r.timing_note)
+        name = display_name(r.method, r.backbone)
+        words, overlays, att_note = _explain_outputs(r, name)
+        head = f"**{md_escape(name)}**: top {len(r.hits)} of {len(service.gallery):,}"
+        note = "\n\n".join(x for x in (head, notices_markdown(([upload_note] if upload_note else []) + r.notices)) if x)
+        return (_result_items(r), note, words, gr.update(value=overlays, visible=bool(overlays)), att_note,
+                timings_markdown(r.timings_ms, r.timing_note), k, k)
+
+    def run(image, modifier, method, backbone, k, upload_note, last_k):
+        try:
+            k = check_k(k)
+        except InputError as e:  # nothing searched: the box goes back to the K of the results shown
+            return failed(str(e), last_k)
+        return search(image, modifier, method, backbone, k, upload_note)
 
     def pick_example(evt: gr.SelectData):
         ex = examples[evt.index] if isinstance(evt.index, int) and evt.index < len(examples) else None
         if ex is None:
-            return gr.update(), gr.update()
-        return ex["image"], ex["modifier"]
+            return gr.update(), gr.update(), gr.update()
+        return ex["image"], ex["modifier"], ""
 
     with gr.Tab("Compose", id="compose"):
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
-                ref = ReferenceImage(label="Reference image (upload or paste)", type="filepath", image_mode=None,
-                                     sources=["upload", "clipboard"], height=240, elem_id="reference")
+                ref = reference_input("Reference image (upload or paste)", "reference", 240)
                 ex_gallery = gr.Gallery(value=[(e["image"], e["mod_type"]) for e in examples],
                                         label="Example references: click one to use it", columns=6, height=150,
                                         allow_preview=False, elem_id="examples", visible=bool(examples),
@@ -190,47 +164,62 @@ def compose_tab(demo: gr.Blocks, service: DemoService, choices: Choices) -> list
                 with gr.Row():
                     method, backbone = choices.pair("Method", "Light backbone (ISA)", method_id="method",
                                                     backbone_id="backbone")
-                k = gr.Slider(1, MAX_K, value=10, step=1, label="Top-K", elem_id="topk")
-                search = gr.Button("Search", variant="primary", elem_id="search")
+                k = top_k_slider("topk", MAX_K)
+                search_btn = gr.Button("Search", variant="primary", elem_id="search")
             with gr.Column(scale=3, min_width=400):
-                notice = gr.Markdown(elem_id="notice")
+                note = gr.Markdown(elem_id="notice", **NO_LATEX)
                 results = gr.Gallery(label="Results (rank · score)", columns=5, height=420, elem_id="results",
                                      object_fit="contain", allow_preview=True)
                 with gr.Row():
-                    with gr.Column(scale=3):
-                        words = gr.Markdown(elem_id="pseudo-words")
+                    with gr.Column(scale=3, min_width=300):
+                        words = gr.Markdown(elem_id="pseudo-words", **NO_LATEX)
                         attention = gr.Gallery(label="What each pseudo word looks at (attention)", columns=4,
                                                height=180, allow_preview=False, elem_id="attention",
                                                object_fit="contain")
-                    with gr.Column(scale=2):
+                        att_note = gr.Markdown(elem_id="attention-note", **NO_LATEX)
+                    with gr.Column(scale=2, min_width=240):
                         timings = gr.Markdown(elem_id="timings")
         efficiency_panel(demo, service, method, backbone)
+        upload_note, last_k = gr.State(""), gr.State(10)  # the animated-upload note; the K of the results shown
 
-    inputs, outputs = [ref, modifier, method, backbone, k], [results, notice, words, attention, timings]
-    search.click(run, inputs, outputs, concurrency_id="query", **PRIVATE)
-    modifier.submit(run, inputs, outputs, concurrency_id="query", **PRIVATE)
-    ex_gallery.select(pick_example, None, [ref, modifier], queue=False, **PRIVATE)
+    inputs = [ref, modifier, method, backbone, k]
+    outputs = [results, note, words, attention, att_note, timings, k, last_k]
+    js = typed_k_js("topk", 4)
+    for event in (search_btn.click, modifier.submit):
+        event(run, [*inputs, upload_note, last_k], outputs, js=js, concurrency_id="query", **PRIVATE).then(
+            None, k, None, js=shown_k_js("topk"), **PRIVATE)
+    def uploaded(path):
+        still, said = still_reference(path)
+        return still, said, notices_markdown([said]) if said else gr.update()
+
+    ref.upload(uploaded, ref, [ref, upload_note, note], **PRIVATE)
+    ref.clear(lambda: "", None, upload_note, queue=False, **PRIVATE)
+    ex_gallery.select(pick_example, None, [ref, modifier, upload_note], queue=False, **PRIVATE)
     return inputs
 
 
 def efficiency_panel(demo: gr.Blocks, service: DemoService, method: gr.Dropdown, backbone: gr.Dropdown) -> None:
-    """Accuracy against the query image encoder's cost, the chosen ISA backbone highlighted."""
-    @guarded(lambda message: (gr.update(value=None, visible=False), _notice(message, warn=False),
+    """Accuracy against the query image encoder's cost, the chosen ISA backbone highlighted; the
+    table beside it (method and backbone in one column, so that it fits beside the plot)."""
+    @guarded(lambda message: (gr.update(value=None, visible=False), notice(message, warn=False),
                               gr.update(value=None, visible=False)))
     def show(method_choice, backbone_choice, cost):
         highlight = service.catalogue.highlighted_backbone(method_choice, backbone_choice)
         fig, table, note = service.inspector.efficiency(highlight, COSTS.get(cost, "gflops"))
+        if table is not None:
+            table = table.assign(method=[display_name(m, b) for m, b in zip(table["method"], table["backbone"])])
+            table = table.drop(columns="backbone").rename(columns={"method": "method · backbone"})
         return (gr.update(value=fig, visible=fig is not None), note,
                 gr.update(value=table, visible=table is not None))
 
     gr.Markdown("### Accuracy vs cost of the query models")
     with gr.Row():
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=520):
             cost = gr.Radio(list(COSTS), value="GFLOPs", label="Cost axis", elem_id="cost")
             plot = gr.Plot(elem_id="efficiency-plot", show_label=False)
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=520):
             note = gr.Markdown(elem_id="efficiency-note")
-            table = gr.Dataframe(interactive=False, elem_id="efficiency-table", max_height=380)
+            table = gr.Dataframe(interactive=False, elem_id="efficiency-table", max_height=420)
     inputs, outputs = [method, backbone, cost], [plot, note, table]
     for comp in inputs:
         comp.change(show, inputs, outputs, **PRIVATE)
@@ -238,109 +227,80 @@ def efficiency_panel(demo: gr.Blocks, service: DemoService, method: gr.Dropdown,
 
 
 def compare_tab(service: DemoService, choices: Choices, query: list) -> list:
-    """One query through two method/backbone choices side by side. Returns its inputs
-    ``[image, modifier, method A, backbone A, method B, backbone B, k]`` (for ``/compare``)."""
+    """One query through two method/backbone choices side by side, each panel labelled with its
+    choice, each result captioned with its rank under the other, and a plot of how the top-K
+    moved. Returns its inputs ``[image, modifier, method A, backbone A, method B, backbone B, k]``
+    (for ``/compare``)."""
 
-    @guarded(lambda message: (_notice(message), [], "", [], ""))
-    def run(image, modifier, method_a, backbone_a, method_b, backbone_b, k):
+    def failed(message, k_shown=None):
+        if k_shown is not None:  # a bad Top-K: nothing compared, the results shown and their K stay
+            return (notice(message), *[gr.update()] * 5, k_shown, gr.update())
+        return notice(message), [], "", [], "", gr.update(value=None, visible=False), gr.update(), gr.update()
+
+    @guarded(failed)
+    def compare(image, modifier, method_a, backbone_a, method_b, backbone_b, k, upload_note):
         ra, rb, summary = service.compare(image, modifier, (method_a, backbone_a), (method_b, backbone_b), k)
-        notes = notices_markdown(sorted(set(ra.notices) | set(rb.notices)))
-        return (f"{summary}\n\n{notes}", _result_items(ra), timings_markdown(ra.timings_ms, ra.timing_note),
-                _result_items(rb), timings_markdown(rb.timings_ms, rb.timing_note))
+        ranks = service.cross_ranks(ra, rb)
+        name_a, name_b = display_name(ra.method, ra.backbone), display_name(rb.method, rb.backbone)
+        notes = notices_markdown(([upload_note] if upload_note else []) + sorted(set(ra.notices) | set(rb.notices)))
+        hits = [[{"id": h.id, "name": h.name, "rank": h.rank, "other": o} for h, o in zip(r.hits, ranks[key])]
+                for r, key in ((ra, "a_in_b"), (rb, "b_in_a"))]
+        fig = rank_moves_figure(hits[0], hits[1], name_a, name_b, ranks["depth"])
+        fig.update_layout(height=460, margin={"l": 60, "r": 20, "t": 60, "b": 20})
+        depth = ranks["depth"]
+        key = (f"Captions: rank · score · the image's rank under the other method (“B #4”; “B >{depth}”: not in "
+               f"its first {depth:,}).")
+        return (f"{md_escape(summary)}. {key}\n\n{notes}",
+                gr.update(value=_result_items(ra, ranks["a_in_b"], "B", depth), label=f"A: {name_a} · top {k}"),
+                timings_markdown(ra.timings_ms, ra.timing_note),
+                gr.update(value=_result_items(rb, ranks["b_in_a"], "A", depth), label=f"B: {name_b} · top {k}"),
+                timings_markdown(rb.timings_ms, rb.timing_note), gr.update(value=fig, visible=True), k, k)
 
+    def run(image, modifier, method_a, backbone_a, method_b, backbone_b, k, upload_note, last_k):
+        try:
+            k = check_k(k)
+        except InputError as e:
+            return failed(str(e), last_k)
+        return compare(image, modifier, method_a, backbone_a, method_b, backbone_b, k, upload_note)
+
+    second = "sum" if choices.default_method != "sum" or "image-only" not in choices.methods else "image-only"
+    backbone_b = choices.backbones[-1] if choices.backbones else None
     with gr.Tab("Compare", id="compare"):
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
-                ref = ReferenceImage(label="Reference image", type="filepath", image_mode=None,
-                                     sources=["upload", "clipboard"], height=220, elem_id="c-reference")
+                ref = reference_input("Reference image", "c-reference", 220)
                 modifier = gr.Textbox(label="Modifier", elem_id="c-modifier", placeholder="make the circle red")
                 copy = gr.Button("Use the Compose tab's query", size="sm")
                 with gr.Row():
-                    m_a, b_a = choices.pair("A: method", "A: backbone (ISA)")
-                second = ("sum" if choices.default_method != "sum" or "image-only" not in choices.methods
-                          else "image-only")
+                    m_a, b_a = choices.pair("A: method", "A: backbone (ISA)", method_id="c-method-a",
+                                            backbone_id="c-backbone-a")
                 with gr.Row():
-                    m_b, b_b = choices.pair("B: method", "B: backbone (ISA)", method=second,
-                                            backbone=choices.backbones[-1] if choices.backbones else None)
-                k = gr.Slider(1, MAX_K, value=10, step=1, label="Top-K")
+                    m_b, b_b = choices.pair("B: method", "B: backbone (ISA)", method=second, backbone=backbone_b,
+                                            method_id="c-method-b", backbone_id="c-backbone-b")
+                k = top_k_slider("c-topk", MAX_K)
                 go = gr.Button("Compare", variant="primary", elem_id="compare")
-            with gr.Column(scale=4):
-                note = gr.Markdown()
+            with gr.Column(scale=4, min_width=400):
+                note = gr.Markdown(elem_id="compare-note", **NO_LATEX)
                 with gr.Row():
-                    with gr.Column():
-                        g_a = gr.Gallery(label="A", columns=3, height=380, object_fit="contain", elem_id="compare-a")
+                    with gr.Column(min_width=300):
+                        g_a = gr.Gallery(label=f"A: {choices.name(choices.default_method, choices.default_backbone)}",
+                                         columns=3, height=380, object_fit="contain", elem_id="compare-a")
                         t_a = gr.Markdown()
-                    with gr.Column():
-                        g_b = gr.Gallery(label="B", columns=3, height=380, object_fit="contain", elem_id="compare-b")
+                    with gr.Column(min_width=300):
+                        g_b = gr.Gallery(label=f"B: {choices.name(second, backbone_b)}", columns=3, height=380,
+                                         object_fit="contain", elem_id="compare-b")
                         t_b = gr.Markdown()
+                moves = gr.Plot(elem_id="compare-moves", show_label=False, visible=False)
+        upload_note, last_k = gr.State(""), gr.State(10)
 
     inputs = [ref, modifier, m_a, b_a, m_b, b_b, k]
-    copy.click(lambda a, b: (a, b), query[:2], [ref, modifier], queue=False, **PRIVATE)
-    go.click(run, inputs, [note, g_a, t_a, g_b, t_b], concurrency_id="query", **PRIVATE)
+    copy.click(lambda a, b: (a, b, ""), query[:2], [ref, modifier, upload_note], queue=False, **PRIVATE)
+    ref.upload(still_reference, ref, [ref, upload_note], **PRIVATE)
+    ref.clear(lambda: "", None, upload_note, queue=False, **PRIVATE)
+    go.click(run, [*inputs, upload_note, last_k], [note, g_a, t_a, g_b, t_b, moves, k, last_k],
+             js=typed_k_js("c-topk", 6), concurrency_id="query", **PRIVATE).then(
+        None, k, None, js=shown_k_js("c-topk"), **PRIVATE)
     return inputs
-
-
-def failures_tab(demo: gr.Blocks, service: DemoService, choices: Choices) -> None:
-    """The failure-case inspector: a method's per-query table of the world's test split; a row
-    opens its reference, ground truth and top-K."""
-    inspector = service.inspector
-
-    @guarded(lambda message: (_notice(message, warn=False), gr.update(value=None), None))
-    def load(method, backbone, mod_type, order):
-        shown, full = inspector.failure_table(method, backbone, mod_type, order)
-        ranked = shown["rank"].notna().sum() if "rank" in shown else 0
-        note = f"{len(shown)} queries ({mod_type}); ground truth ranked for {ranked}. Click a row to inspect it."
-        return note, shown, full
-
-    @guarded(lambda message: (_notice(message, warn=False), None, [], []))
-    def inspect(full, k, evt: gr.SelectData):
-        if full is None or not len(full):
-            return "_Load a table first._", None, [], []
-        qid = None
-        if evt.row_value:
-            qid = evt.row_value[0]
-        elif isinstance(evt.index, (list, tuple)) and evt.index:
-            qid = full.iloc[int(evt.index[0])]["query_id"]
-        rows = full[full["query_id"].astype(str) == str(qid)]
-        if rows.empty:
-            return "_That row is not in the table._", None, [], []
-        d = inspector.failure_detail(rows.iloc[0].to_dict(), int(k))
-        rank = f"rank of the first ground truth: **{d['rank']}**" if d["rank"] else "no ground truth in the ranking"
-        md = (f"**Query {d['query_id']}** ({d['mod_type']}): “{d['modifier']}”  \n{rank}; reference "
-              f"`{d['reference_name']}`")
-        gts = [(t["path"], t["name"]) for t in d["targets"] if t["path"]]
-        top = [(t["path"], f"#{t['rank']} · {t['score']:.3f}{' · ✓ ground truth' if t['is_gt'] else ''}")
-               for t in d["top"] if t["path"]]
-        return md, d["reference"], gts, top
-
-    with gr.Tab("Failure cases", id="failures"):
-        gr.Markdown("Every query of the world's test split as the method ranked it "
-                    "(`assets/results/per_query/`). Worst first: sorted by the rank of the first ground "
-                    "truth. Click a row for the reference, the ground truth and the top-K.")
-        with gr.Row():
-            method, backbone = choices.pair("Method", "Backbone (ISA)", method_id="f-method")
-            mod_type = gr.Dropdown(inspector.mod_types(), value="all", label="Modification type")
-            order = gr.Radio(["worst first", "best first"], value="worst first", label="Sort by rank")
-            k = gr.Slider(1, 10, value=10, step=1, label="Top-K shown")
-        note = gr.Markdown()
-        state = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=4):
-                table = gr.Dataframe(interactive=False, max_height=560, elem_id="failure-table", wrap=True,
-                                     column_widths=["9%", "21%", "48%", "11%", "11%"])
-            with gr.Column(scale=4):
-                detail = gr.Markdown()
-                with gr.Row():
-                    ref = gr.Image(label="Reference", interactive=False, height=180)
-                    gts = gr.Gallery(label="Ground truth", columns=3, height=180, allow_preview=False)
-                top = gr.Gallery(label="Top-K (✓ = ground truth)", columns=5, height=300, elem_id="inspector-top",
-                                 object_fit="contain")
-
-    inputs = [method, backbone, mod_type, order]
-    for comp in inputs:
-        comp.change(load, inputs, [note, table, state], **PRIVATE)
-    demo.load(load, inputs, [note, table, state], **PRIVATE)
-    table.select(inspect, [state, k], [detail, ref, gts, top], **PRIVATE)
 
 
 def about_tab(service: DemoService) -> None:
@@ -372,14 +332,14 @@ r["ids"], r["scores"], r["timings_ms"]
 def api_endpoints(service: DemoService, query: list, compare_inputs: list) -> None:
     """The named endpoints for gradio_client and plain HTTP: ``/compose``, ``/compare``, ``/variants``."""
 
-    @guarded(_api_error)
+    @guarded(api_error)
     def compose(image, modifier, method, backbone, k):
         return service.compose(image, modifier, method, backbone, k, explain=False).to_json()
 
-    @guarded(_api_error)
+    @guarded(api_error)
     def compare(image, modifier, method_a, backbone_a, method_b, backbone_b, k):
         ra, rb, summary = service.compare(image, modifier, (method_a, backbone_a), (method_b, backbone_b), k)
-        return {"a": ra.to_json(), "b": rb.to_json(), "summary": summary}
+        return {"a": ra.to_json(), "b": rb.to_json(), "summary": summary, "ranks": service.cross_ranks(ra, rb)}
 
     def variants() -> dict:
         """Methods, ISA backbones, the gallery and the VL model this app serves."""
@@ -390,5 +350,6 @@ def api_endpoints(service: DemoService, query: list, compare_inputs: list) -> No
     compose_btn.click(compose, query, out, api_name="compose", concurrency_id="query",
                       api_description="Composed query -> JSON: ids, names, scores, timings_ms, notices")
     compare_btn.click(compare, compare_inputs, out, api_name="compare", concurrency_id="query",
-                      api_description="Two methods on the same query -> JSON")
+                      api_description="Two methods on the same query -> JSON (and where each result ranks "
+                                      "under the other: ranks.a_in_b, ranks.b_in_a)")
     gr.api(variants, api_name="variants")

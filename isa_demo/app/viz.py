@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import re
 from typing import Sequence
 
 import numpy as np
@@ -42,19 +43,41 @@ def attention_overlays(image: Image.Image, maps: np.ndarray, size: int = 160, al
     return out
 
 
-def pseudo_words_markdown(words: Sequence[Sequence[tuple[str, float]]] | None, prompt: str | None = None) -> str:
-    """The pseudo sentence as a markdown table: token -> nearest vocabulary words (cosine)."""
+PROMPT_SHOWN = 160  # characters of the composed prompt shown before an ellipsis
+
+
+def pseudo_words_markdown(words: Sequence[Sequence[tuple[str, float]]] | None, prompt: str | None = None,
+                          method: str = "This method") -> str:
+    """The pseudo sentence as a markdown table: token -> nearest vocabulary words (cosine); the
+    composed prompt above it, shortened with an ellipsis (and saying so) when it is long."""
     if not words:
-        return "_This method has no pseudo sentence to decode._"
+        return f"_{md_escape(method)} has no pseudo words to decode: it does not turn the image into words._"
     lines = []
     if prompt:
-        lines.append(f"Composed prompt: `{prompt.replace('`', '')}`\n")
+        shown = prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN - 1].rstrip() + "…"
+        lines.append(f"Composed prompt: `{shown.replace('`', ' ')}`")
+        if shown != prompt:
+            lines.append(f"<sub>(shortened here: the prompt has {len(prompt):,} characters; the notice above says "
+                         "how much of it the text encoder reads)</sub>")
+        lines.append("")
     lines += ["| token | nearest vocabulary words (cosine) |", "|---|---|"]
     for i, toks in enumerate(words, 1):
-        cells = ", ".join(f"**{_md(w)}** ({c:.2f})" if j == 0 else f"{_md(w)} ({c:.2f})"
+        cells = ", ".join(f"**{md_escape(w)}** ({c:.2f})" if j == 0 else f"{md_escape(w)} ({c:.2f})"
                           for j, (w, c) in enumerate(toks))
         lines.append(f"| s{i} | {cells} |")
     return "\n".join(lines)
+
+
+def attention_note(method: str, has_words: bool, failed: bool = False) -> str:
+    """What the attention panel says when there is nothing to draw."""
+    if failed:
+        return ("_No attention maps: the explanation could not be computed for this query (the results are not "
+                "affected)._")
+    if has_words:
+        return (f"_{md_escape(method)} has no attention maps: it makes its pseudo word from the image's global "
+                "feature at once, not by looking at image regions, so there is no spatial map to show._")
+    return (f"_{md_escape(method)} has no attention maps: it does not turn the image into pseudo words "
+            "(it compares whole-image and text features)._")
 
 
 def token_captions(words: Sequence[Sequence[tuple[str, float]]] | None, n: int) -> list[str]:
@@ -88,9 +111,19 @@ def timings_markdown(timings: dict[str, float], how: str = "") -> str:
 
 
 def notices_markdown(notices: Sequence[str]) -> str:
-    return "\n".join(f"> ℹ️ {_md(n)}" for n in notices) if notices else ""
+    return "\n".join(f"> ℹ️ {md_escape(n)}" for n in notices) if notices else ""
 
 
-def _md(text: str) -> str:
-    """Escape text for a markdown table cell."""
-    return html.escape(str(text)).replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+def notice_markdown(message: str) -> str:
+    """A warning for the page: the message as plain text (never Markdown or HTML)."""
+    return f"> ⚠️ **{md_escape(message)}**"
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:&$=\"'])")
+
+
+def md_escape(text) -> str:
+    """``text`` shown as itself in Markdown: every punctuation character backslash-escaped, so that
+    nothing in it becomes a link, emphasis, code, HTML, a table cell break or an autolinked URL
+    (``http\\://`` is not a URL); line breaks become spaces."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))

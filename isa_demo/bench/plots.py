@@ -1,4 +1,5 @@
-"""Accuracy-versus-cost figures (plotly) from ``accuracy.csv`` and ``efficiency.csv``.
+"""Accuracy-versus-cost figures (plotly) from ``accuracy.csv`` and ``efficiency.csv``, and the
+rank-change figures (two methods on the per-query tables; two methods on one query).
 
 The app imports the same functions. ``efficiency.csv`` columns: ``model, method, backbone,
 setting ('world' | 'real-224'), stage, params, gflops, cpu_ms_p50, gpu_ms_p50, peak_mem_mb``;
@@ -10,6 +11,7 @@ has no query image encoder and is left out of the cost axes.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -20,12 +22,19 @@ from ..evaluation.results import ACCURACY_CSV, ResultsMissing, load_accuracy, lo
 from ..evaluation.runner import ORACLE
 from ..settings import RESULTS_DIR
 
-COST_AXES = {"gflops": "query image encoder GFLOPs (log)",
-             "cpu_ms_p50": "query image encoder CPU latency, ms p50 (log)"}
+COST_AXES = {"gflops": "query image encoder GFLOPs (log scale)",
+             "cpu_ms_p50": "query image encoder CPU latency, median ms (log scale)"}
+COST_NAMES = {"gflops": "GFLOPs", "cpu_ms_p50": "CPU latency"}
+COST_UNITS = {"gflops": "GFLOPs", "cpu_ms_p50": "ms"}
 
 
 IMAGE_TOWER = "vl-image-tower"
 IMAGE_TOWER_METHODS = ("image-only", "sum", "masked-ti", "single-token")
+# one colour per point (a legend entry names it: no text on the plot, so no label can hide another)
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
+SYMBOLS = {"isa": "circle", "isa-symmetric": "square", "single-token": "triangle-up", "image-only": "x",
+           "text-only": "x", "sum": "cross"}
 
 
 def _key(df: pd.DataFrame) -> pd.Series:
@@ -53,12 +62,24 @@ def _label(row) -> str:
     return f"{row['method']}:{backbone}" if isinstance(backbone, str) and backbone else row["method"]
 
 
+def display_name(method: str, backbone: str | None = None) -> str:
+    """How a method/backbone pair is named on the page: ``isa · resnet18``, ``sum``."""
+    return f"{method} · {backbone}" if isinstance(backbone, str) and backbone else str(method)
+
+
+def _symbol(method: str) -> str:
+    return SYMBOLS.get(method, "diamond" if str(method).startswith("masked") else "circle")
+
+
 def accuracy_vs_cost(joined: pd.DataFrame, cost: str = "gflops", metric: str = "R@1", highlight: str | None = None,
                      ceiling: float | None = None, title: str | None = None) -> go.Figure:
     """Scatter of ``metric`` against ``cost`` (log x), one point per method/backbone.
 
-    ``highlight``: a backbone drawn larger and labelled. ``ceiling``: the caption oracle's value,
-    drawn as a dashed line.
+    Points carry no text on the plot: each is a legend entry (name and value, best first) and a
+    hover label, so no label ever covers another. ``highlight``: a backbone drawn as a larger
+    star. ``ceiling``: the caption oracle's value, a dashed line; when it is far above every method
+    (it would squeeze them into the bottom of the plot) the y axis is fitted to the methods and the
+    line is left above it, its value written at the top of the plot instead.
     """
     if cost not in joined:
         raise ValueError(f"no {cost!r} column; choose one of {list(COST_AXES)}")
@@ -68,21 +89,39 @@ def accuracy_vs_cost(joined: pd.DataFrame, cost: str = "gflops", metric: str = "
     dropped = len(joined) - len(df)
     df["label"] = df.apply(_label, axis=1)
     df["hl"] = df["backbone"].fillna("").astype(str) == (highlight or "\0")
+    df = df.sort_values(metric, ascending=False, kind="stable")
+    unit = COST_UNITS.get(cost, cost)
     fig = go.Figure()
-    for is_hl, part in df.groupby("hl"):
+    for i, (_, r) in enumerate(df.iterrows()):
+        is_hl = bool(r["hl"])
+        name = f"{display_name(r['method'], r['backbone'])}: {float(r[metric]):.1f}"
         fig.add_trace(go.Scatter(
-            x=part[cost], y=part[metric], mode="markers+text", text=part["label"], textposition="top center",
-            name=f"{highlight} (highlighted)" if is_hl else "methods",
-            marker={"size": 16 if is_hl else 10, "color": "crimson" if is_hl else "steelblue",
-                    "line": {"width": 1, "color": "black"}, "symbol": "star" if is_hl else "circle"},
-            hovertemplate="%{text}<br>" + f"{cost}=%{{x:.4g}}<br>{metric}=%{{y:.2f}}<extra></extra>"))
+            x=[r[cost]], y=[r[metric]], mode="markers", text=[r["label"]],
+            name=f"{name}<br>(highlighted)" if is_hl else name,
+            marker={"size": 18 if is_hl else 11, "color": "crimson" if is_hl else PALETTE[i % len(PALETTE)],
+                    "line": {"width": 1, "color": "black"}, "symbol": "star" if is_hl else _symbol(r["method"])},
+            hovertemplate=f"%{{text}}<br>{COST_NAMES.get(cost, cost)}: %{{x:.3g}} {unit}<br>{metric}: "
+                          "%{y:.2f}%<extra></extra>"))
+    top = float(df[metric].max()) if len(df) else 1.0
     if ceiling is not None and pd.notna(ceiling):
-        fig.add_hline(y=float(ceiling), line_dash="dash", line_color="grey",
-                      annotation_text=f"caption oracle {float(ceiling):.1f}", annotation_position="top left")
-    subtitle = f" ({dropped} rows without a positive {cost} left out)" if dropped else ""
-    fig.update_layout(title=(title or f"{metric} vs {cost} (world test)") + subtitle, template="plotly_white",
-                      xaxis_title=COST_AXES.get(cost, cost), yaxis_title=f"{metric} (%)", showlegend=bool(highlight))
-    fig.update_xaxes(type="log")
+        ceiling = float(ceiling)
+        fig.add_hline(y=ceiling, line_dash="dash", line_color="grey")
+        if ceiling > 1.5 * top:  # off the methods' scale: say its value instead of squeezing them
+            fig.update_yaxes(range=[0, top * 1.15])
+            fig.add_annotation(text=f"↑ caption oracle: {ceiling:.1f} (above this scale)",
+                               xref="paper", yref="paper", x=0, y=1, xanchor="left", yanchor="bottom",
+                               showarrow=False, font={"color": "dimgrey", "size": 12})
+        else:
+            fig.update_yaxes(range=[0, max(ceiling, top) * 1.12])
+            fig.add_annotation(text=f"caption oracle: {ceiling:.1f}", xref="paper", x=0, y=ceiling,
+                               xanchor="left", yanchor="bottom", showarrow=False, font={"color": "dimgrey"})
+    elif len(df):
+        fig.update_yaxes(range=[0, top * 1.15])
+    subtitle = f" ({dropped} rows without a measured {COST_NAMES.get(cost, cost)} left out)" if dropped else ""
+    fig.update_layout(title=(title or f"{metric} vs {COST_NAMES.get(cost, cost)} (world test)") + subtitle,
+                      template="plotly_white", xaxis_title=COST_AXES.get(cost, cost), yaxis_title=f"{metric} (%)",
+                      showlegend=True, legend_title_text=f"method · backbone: {metric}", legend_title_side="top")
+    fig.update_xaxes(type="log", dtick="D2")  # minor labels at 2 and 5 only: they never touch
     return fig
 
 
@@ -101,6 +140,86 @@ def accuracy_figures(results: str | os.PathLike = RESULTS_DIR, metric: str = "R@
                              "(setting 'world', stage 'query_image_encoder', same method and backbone)")
     ceiling = _ceiling(acc, metric)
     return {cost: accuracy_vs_cost(joined, cost, metric, highlight, ceiling) for cost in COST_AXES}
+
+
+# ----------------------------------------------------------------------------- rank changes
+def rank_change_figure(pairs: pd.DataFrame, name_1: str, name_2: str) -> go.Figure:
+    """Each query's ground-truth rank under method 1 (x) against method 2 (y), log-log, with the
+    diagonal: below it method 2 ranks the ground truth higher. ``pairs``: ``query_id, mod_type,
+    modifier, rank_1, rank_2`` (ranks 1-based). Every point carries its query id as
+    ``customdata[0]`` (the app opens that query when it is clicked); no text on the plot."""
+    import html
+
+    df = pairs.dropna(subset=["rank_1", "rank_2"])
+    fig = go.Figure()
+    hi = float(max(df["rank_1"].max(), df["rank_2"].max())) if len(df) else 10.0
+    fig.add_trace(go.Scatter(x=[1, hi], y=[1, hi], mode="lines", line={"dash": "dot", "color": "grey", "width": 1},
+                             name="diagonal: same rank", hoverinfo="skip"))
+    groups = (("better", df["rank_2"] < df["rank_1"], "#2ca02c", f"higher under<br>{name_2}"),
+              ("worse", df["rank_2"] > df["rank_1"], "#d62728", f"higher under<br>{name_1}"),
+              ("same", df["rank_2"] == df["rank_1"], "#7f7f7f", "same rank"))
+    for _, mask, colour, label in groups:
+        part = df[mask]
+        custom = [[str(q), html.escape(str(t)), html.escape(str(m))[:90]]
+                  for q, t, m in zip(part["query_id"], part["mod_type"], part["modifier"])]
+        fig.add_trace(go.Scatter(
+            x=part["rank_1"], y=part["rank_2"], mode="markers", name=f"{label} ({len(part):,})", customdata=custom,
+            marker={"size": 7, "color": colour, "opacity": 0.65, "line": {"width": 0}},
+            hovertemplate=(f"query %{{customdata[0]}} (%{{customdata[1]}})<br>%{{customdata[2]}}<br>"
+                           f"rank under {html.escape(name_1)}: %{{x}}<br>rank under {html.escape(name_2)}: %{{y}}"
+                           "<br>click to inspect<extra></extra>")))
+    span = [-0.1, math.log10(hi * 1.3)]  # ranks 1 .. the largest, in log10 units; labels at powers of ten only
+    fig.update_xaxes(type="log", dtick=1, range=span, title_text=f"rank under {name_1}")
+    fig.update_yaxes(type="log", dtick=1, range=span, title_text=f"rank under {name_2}")
+    fig.update_layout(title="Ground-truth rank per query (1 = best)", template="plotly_white",
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0}, clickmode="event",
+                      hovermode="closest")
+    return fig
+
+
+def rank_moves_figure(a_hits: list[dict], b_hits: list[dict], name_a: str, name_b: str, depth: int) -> go.Figure:
+    """How one query's top-K moved from method A to method B: one line per image of either top-K,
+    from its rank under A (left) to its rank under B (right), rank 1 at the top (log scale).
+    ``a_hits`` / ``b_hits``: per result ``{"id", "name", "rank", "other"}`` (``other``: its rank
+    under the other method, None when below that method's first ``depth``: drawn on the bottom
+    row, "> depth")."""
+    import html
+
+    beyond = depth * 2
+    items: dict = {}
+    for h in a_hits:
+        items[h["id"]] = {"name": h["name"], "a": h["rank"], "b": h["other"]}
+    for h in b_hits:
+        items.setdefault(h["id"], {"name": h["name"], "a": h["other"], "b": None})["b"] = h["rank"]
+    k_a, k_b = len(a_hits), len(b_hits)
+    styles = {"both": ("#1f77b4", "in both top-K"), "a": ("#ff7f0e", "only in A's top-K"),
+              "b": ("#9467bd", "only in B's top-K")}
+    fig = go.Figure()
+    shown = set()
+    for item in items.values():
+        ra, rb = item["a"], item["b"]
+        in_a, in_b = ra is not None and ra <= k_a, rb is not None and rb <= k_b
+        kind = "both" if in_a and in_b else ("a" if in_a else "b")
+        colour, label = styles[kind]
+        fig.add_trace(go.Scatter(
+            x=[0, 1], y=[ra or beyond, rb or beyond], mode="lines+markers", line={"color": colour, "width": 1.5},
+            marker={"size": 7}, name=label, legendgroup=kind, showlegend=kind not in shown,
+            hovertemplate=(f"{html.escape(str(item['name']))}<br>A: {ra if ra else f'below {depth}'}<br>"
+                           f"B: {rb if rb else f'below {depth}'}<extra></extra>")))
+        shown.add(kind)
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if t <= depth]
+    fig.update_yaxes(type="log", autorange="reversed", tickvals=ticks + [beyond],
+                     ticktext=[str(t) for t in ticks] + [f"> {depth}"], title_text="rank (1 = best)")
+    fig.update_xaxes(tickvals=[0, 1], ticktext=[_wrap_name("A", name_a), _wrap_name("B", name_b)],
+                     range=[-0.3, 1.3], showgrid=False, zeroline=False)
+    fig.update_layout(title="How the top-K moved from A to B", template="plotly_white", hovermode="closest",
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0})
+    return fig
+
+
+def _wrap_name(tag: str, name: str) -> str:
+    """``A: isa<br>mobilenetv3_small_100``: a tick label in short lines."""
+    return f"{tag}: " + "<br>".join(name.split(" · "))
 
 
 def write_figures(figs: dict[str, go.Figure], out: str | os.PathLike) -> list[Path]:

@@ -178,7 +178,9 @@ class PseudoTokenMethod(Method):
         return out
 
     def shown_prompt(self, modifier: str) -> str:
-        return self.prompt.format(modifier=clean_modifier(modifier)).replace("*", self.word_symbol)
+        """The prompt as shown to the user: ``word_symbol`` in the pseudo words' slot only (a ``*``
+        the user typed in the modifier stays a ``*``)."""
+        return self.prompt.replace("*", self.word_symbol).format(modifier=clean_modifier(modifier))
 
     def identity(self) -> dict:
         out = super().identity()

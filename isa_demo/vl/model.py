@@ -272,21 +272,52 @@ class VLModel:
         table = self._word_table
         sims = F.normalize(vectors.float().to(table.device), dim=-1) @ table.T
         top = sims.topk(min(k, table.shape[0]), dim=-1)
-        dec = getattr(self.tokenizer, "decoder", None)
         out = []
         for vals, idx in zip(top.values.tolist(), top.indices.tolist()):
-            words = []
-            for v, i in zip(vals, idx):
-                token = int(self._word_ids[i])
-                w = dec[token] if dec is not None else str(token)
-                words.append((w.replace("</w>", ""), round(float(v), 3)))
-            out.append(words)
+            out.append([(token_text(self.tokenizer, int(self._word_ids[i])), round(float(v), 3))
+                        for v, i in zip(vals, idx)])
         return out
 
 
 def special_tokens(tokenizer) -> set[int]:
     """Start, end and padding token ids."""
     return set(tokenizer([""])[0].tolist())
+
+
+def token_text(tokenizer, token: int) -> str:
+    """One vocabulary token as a person reads it.
+
+    open_clip's tokenizer is byte-level BPE: its ``decoder`` maps an id to a string of stand-in
+    characters, one per byte (``"Ã©"`` for the two bytes of ``"é"``), which ``byte_decoder`` maps
+    back to bytes. A token whose bytes are a whole UTF-8 text is shown as that text (end-of-word
+    mark dropped); one that is only part of a character (a piece of an emoji, say) is shown as its
+    bytes, ``⟨f0 9f⟩``, and characters that print as nothing (controls, spaces of other widths)
+    as their code point, ``⟨U+200B⟩``; never as the stand-in characters."""
+    import unicodedata
+
+    dec = getattr(tokenizer, "decoder", None)
+    piece = dec.get(token) if isinstance(dec, dict) else None
+    if piece is None:
+        hf = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers one
+        try:
+            piece = str(hf.decode([token])).strip() if hf is not None else ""
+        except Exception:
+            piece = ""
+        return piece or f"⟨token {token}⟩"
+    piece = piece.replace("</w>", "")
+    byte_decoder = getattr(tokenizer, "byte_decoder", None)
+    if not isinstance(byte_decoder, dict):
+        return piece
+    try:
+        raw = bytes(byte_decoder[c] for c in piece)
+    except KeyError:  # not a byte-level piece: show it as it is
+        return piece
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "⟨" + " ".join(f"{b:02x}" for b in raw) + "⟩"
+    shown = "".join(f"⟨U+{ord(c):04X}⟩" if c != " " and unicodedata.category(c)[0] in "CZ" else c for c in text)
+    return shown.strip() or "⟨space⟩"
 
 
 def caption_vocabulary(tokenizer, captions: Sequence[str]) -> list[int]:

@@ -1,0 +1,224 @@
+"""The pieces every tab of the page shares: the page's CSS and script, the one place that turns an
+exception into a message (:func:`guarded`), the method/backbone choices (:class:`Choices`) and two
+components that hand the user's input over as given (:class:`ReferenceImage`, :class:`TopK`).
+
+Messages are shown as text, never as Markdown or HTML (:func:`notice`): they may quote what the
+user typed or the name of the file they uploaded.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import os
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # an offline demo: no phoning home
+
+import gradio as gr  # noqa: E402
+
+from ..bench.plots import display_name  # noqa: E402
+from ..errors import UserError  # noqa: E402
+from .inputs import InputError, first_frame, upload_name  # noqa: E402
+from .service import DemoService  # noqa: E402
+from .viz import notice_markdown  # noqa: E402
+
+log = logging.getLogger("isa_demo.app")
+
+PRIVATE = {"api_visibility": "private"}
+NO_LATEX = {"latex_delimiters": []}  # text that may quote the user: "$$" is two dollar signs, not maths
+
+CSS = """
+#results .caption-label, #inspector-top .caption-label {font-variant-numeric: tabular-nums;}
+#notice blockquote, #failure-note blockquote {margin: 0.2em 0;}
+/* captions that carry a mark (ground truth, rank under the other method) wrap instead of being cut off */
+#inspector-top .caption-label, #compare-a .caption-label, #compare-b .caption-label {
+  white-space: normal; max-width: calc(100% - 2 * var(--block-label-margin)); line-height: 1.25;}
+/* a dropdown's text never runs under its arrow: it ends in an ellipsis before it */
+input[role="combobox"] {text-overflow: ellipsis; padding-right: 2.4rem !important; min-width: 0;}
+/* table headers break between words only */
+#failure-table th span.header, #efficiency-table th span.header {word-break: keep-all; overflow-wrap: normal;}
+/* a table wider than its box scrolls sideways, and says so */
+#efficiency-table .virtual-table-viewport, #failure-table .virtual-table-viewport {
+  scrollbar-width: auto; scrollbar-color: #8a8a8a #ececec;}
+.table-wrap {position: relative;}
+.table-wrap.isa-more-right::after {
+  content: "more →"; position: absolute; top: 0; right: 0; height: 100%; width: 5.5em; pointer-events: none;
+  z-index: 20;
+  display: flex; align-items: flex-start; justify-content: flex-end; padding: 0.55em 0.4em 0 0;
+  font-size: var(--text-sm); font-weight: 600; color: var(--body-text-color-subdued);
+  background: linear-gradient(to right, transparent, var(--background-fill-primary) 65%);}
+#attention-note, #failure-detail {min-height: 1.5em;}
+/* the inspector's ground truth: thumbnails at most 112 px even for one image, so each fits whole */
+#inspector-gt .grid-container {grid-template-columns: repeat(auto-fill, minmax(64px, 112px)) !important;}
+/* galleries shrink their thumbnails rather than cut the last column off; three columns on a phone */
+#results .grid-container, #attention .grid-container, #inspector-top .grid-container,
+#compare-a .grid-container, #compare-b .grid-container {
+  grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr));}
+@media (max-width: 640px) {
+  #results .grid-container, #inspector-top .grid-container {grid-template-columns: repeat(3, minmax(0, 1fr));}
+}
+/* numbers and short headers of the side tables never break inside a word or a number */
+#pseudo-words th:first-child, #pseudo-words td:first-child, #timings td:last-child {white-space: nowrap;}
+#pseudo-words th, #timings th {word-break: keep-all; overflow-wrap: normal;}
+#failure-table td, #failure-table th {word-break: normal; overflow-wrap: normal;}
+"""
+
+# Runs once when the page loads (gr.Blocks.launch(js=...)): marks tables that scroll sideways (the
+# CSS above shows "more →" on them) and remembers what the user typed in a Top-K box, which the
+# search buttons send as typed (:func:`typed_k_js`) instead of the slider's silently clamped value.
+PAGE_JS = """
+() => {
+  const mark = () => document.querySelectorAll('.virtual-table-viewport').forEach(v => {
+    const wrap = v.closest('.table-wrap') || v.parentElement;
+    const more = v.scrollWidth > v.clientWidth + 1 && v.scrollLeft + v.clientWidth < v.scrollWidth - 1;
+    if (wrap) wrap.classList.toggle('isa-more-right', more);
+    if (!v.__isaScroll) { v.__isaScroll = true; v.addEventListener('scroll', mark, {passive: true}); }
+  });
+  let queued = false;
+  const later = () => { if (!queued) { queued = true; requestAnimationFrame(() => { queued = false; mark(); }); } };
+  new MutationObserver(later).observe(document.body, {childList: true, subtree: true});
+  window.addEventListener('resize', later);
+  document.addEventListener('input', e => {
+    const t = e.target;
+    if (t && t.matches && t.matches('.isa-k input[type=number]')) {
+      t.dataset.typed = t.validity && t.validity.badInput ? 'not a number' : t.value;
+    }
+  }, true);
+  later();
+}
+"""
+
+
+def typed_k_js(elem_id: str, index: int) -> str:
+    """An event's ``js``: input ``index`` becomes what the user typed in the Top-K box ``elem_id``
+    (when they typed since the last search), so that the server checks the value as given."""
+    return (f"(...args) => {{ const box = document.querySelector('#{elem_id} input[type=number]'); "
+            f"if (box && 'typed' in box.dataset) {{ args[{index}] = box.dataset.typed; delete box.dataset.typed; }} "
+            "return args; }")
+
+
+def shown_k_js(elem_id: str) -> str:
+    """A js-only step after a search: the Top-K box shows the slider's value (the K of the results
+    shown), also where the stock slider left its box showing a clamped value it never took."""
+    return (f"(k) => {{ const box = document.querySelector('#{elem_id} input[type=number]'); "
+            "if (box && k !== null && k !== undefined && String(box.value) !== String(k)) box.value = k; return []; }")
+
+
+class ReferenceImage(gr.Image):
+    """``gr.Image`` whose preprocessing never raises: a file Pillow cannot open (corrupt,
+    truncated, a decompression bomb) is handed over as its upload path, so that the service can
+    say what is wrong with it instead of the UI showing a bare "Error"."""
+
+    is_template = True  # use the stock Image frontend
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception:
+            path = getattr(payload, "path", None)
+            return str(path) if path else None
+
+
+class TopK(gr.Slider):
+    """``gr.Slider`` that hands its value over as given (``"abc"``, ``0``, ``7.5``), for
+    :func:`isa_demo.app.compose.check_k` to accept or explain, the same for the page and the API
+    (the stock slider raises its own message, or a TypeError, before the handler runs)."""
+
+    is_template = True  # use the stock Slider frontend
+
+    def preprocess(self, payload):
+        return payload
+
+
+# ---------------------------------------------------------------------------------------- errors
+def guarded(on_error: Callable[[str], object]):
+    """Decorate a handler: a :class:`UserError` becomes ``on_error(its message)``; any other
+    exception is logged with its traceback and becomes ``on_error(one line)``."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def handler(*args):
+            try:
+                return fn(*args)
+            except UserError as e:
+                message = str(e)
+            except Exception:  # noqa: BLE001 - a bug: the log gets the traceback, the page one line
+                log.error("unexpected error in the demo:\n%s", traceback.format_exc())
+                message = "something went wrong on the server; the query was not run. Try again, or another image"
+            return on_error(message)
+        return handler
+    return wrap
+
+
+def notice(message: str, warn: bool = True) -> str:
+    """A message for the page (and a toast when ``warn``), shown as plain text."""
+    if warn:
+        gr.Warning(html.escape(message))  # toasts render HTML
+    return notice_markdown(message)
+
+
+def api_error(message: str):
+    raise gr.Error(message, print_exception=False)
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def still_reference(path):
+    """An uploaded animated image becomes its first frame (what the search uses), so that the
+    preview stops moving; returns ``(image, note)``."""
+    frame, frames = first_frame(path)
+    if frame is None:
+        return gr.update(), ""
+    name = upload_name(path)
+    return frame, (f"“{name}” is animated ({frames} frames): its first frame is shown and searched"
+                   if name else f"animated image ({frames} frames): its first frame is shown and searched")
+
+
+def reference_input(label: str, elem_id: str, height: int) -> ReferenceImage:
+    return ReferenceImage(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                          height=height, elem_id=elem_id, format="png")
+
+
+def top_k_slider(elem_id: str, maximum: int, value: int = 10, label: str = "Top-K") -> TopK:
+    return TopK(1, maximum, value=value, step=1, label=label, elem_id=elem_id, elem_classes=["isa-k"],
+                info=f"a whole number from 1 to {maximum}")
+
+
+# ---------------------------------------------------------------------------------------- choices
+@dataclass
+class Choices:
+    """The method and backbone choices every tab offers; the backbone is for ISA only."""
+
+    service: DemoService
+    methods: list[str]
+    default_method: str
+    backbones: list[str]
+    default_backbone: str | None
+
+    @classmethod
+    def of(cls, service: DemoService) -> "Choices":
+        c = service.catalogue
+        return cls(service, c.method_choices(), c.default_method(), c.all_backbones(), c.default_backbone())
+
+    def has_backbone(self, method: str | None) -> bool:
+        return bool(self.backbones) and method == "isa"
+
+    def name(self, method: str | None, backbone: str | None = None) -> str:
+        """How the page names a choice: ``isa · mobilenetv3_small_100``, ``sum``."""
+        try:
+            v = self.service.catalogue.resolve(method, backbone)
+        except InputError:
+            return display_name(str(method or "?"), backbone if self.has_backbone(method) else None)
+        return display_name(v.label, v.backbone_label)
+
+    def pair(self, method_label: str, backbone_label: str, method: str | None = None, backbone: str | None = None,
+             method_id: str | None = None, backbone_id: str | None = None) -> tuple[gr.Dropdown, gr.Dropdown]:
+        """A method dropdown and its backbone dropdown (enabled only while the method is ISA); each
+        at least 230 px wide, so that a row of two wraps before a backbone's name is cut."""
+        method = method or self.default_method
+        m = gr.Dropdown(self.methods, value=method, label=method_label, elem_id=method_id, min_width=230)
+        b = gr.Dropdown(self.backbones, value=backbone or self.default_backbone, label=backbone_label,
+                        interactive=self.has_backbone(method), elem_id=backbone_id, min_width=230)
+        m.change(lambda v: gr.update(interactive=self.has_backbone(v)), m, b, queue=False, **PRIVATE)
+        return m, b
