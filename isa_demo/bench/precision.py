@@ -25,7 +25,7 @@ def _seconds_per_step(path, steps: int) -> float:
     return float(read_metadata(path)["train_seconds"]) / steps
 
 
-def bench_precision(world: str, steps: int = 20, accuracy_steps: int = 1000, device: str | None = None,
+def bench_precision(world: str, steps: int = 20, accuracy_steps: int = 300, device: str | None = None,
                     out_dir=RUNS_DIR / "precision") -> tuple[pd.DataFrame, pd.DataFrame]:
     from ..evaluation.runner import evaluate
     from ..methods import create_method
@@ -81,7 +81,7 @@ def register(sub) -> None:
                        description=__doc__.splitlines()[0])
     add_world_arg(p)
     p.add_argument("--steps", type=int, default=20, help="timed steps per trainer and precision")
-    p.add_argument("--accuracy-steps", type=int, default=1000,
+    p.add_argument("--accuracy-steps", type=int, default=300,
                    help="steps of the symmetric ISA encoder trained in each precision and evaluated (0: skip)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=str(RESULTS_DIR / "precision.csv"))
