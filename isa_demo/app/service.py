@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..methods import Variant
-from ..settings import BUILTIN_PRETRAINED, GALLERIES_DIR, RESULTS_DIR, WORLD_DIR, WORLD_SPLIT, parse_pretrained
+from ..settings import BUILTIN_PRETRAINED, RESULTS_DIR, WORLD_DIR, WORLD_SPLIT, parse_pretrained
 from .catalogue import Catalogue
 from .compose import MAX_K, Composer, ComposeResult
 from .inspector import Inspector
@@ -127,9 +127,9 @@ def load_service(model: str | None = None, pretrained: str | None = BUILTIN_PRET
                 kw["index_dir"] = Path(tempfile.mkdtemp(prefix="isa-demo-random-gallery-"))
                 atexit.register(shutil.rmtree, kw["index_dir"], ignore_errors=True)
             else:
-                from ..evaluation.results import slug
+                from ..index.default import index_dir_for
 
-                kw["index_dir"] = GALLERIES_DIR / f"world-test--{slug(f'{model}-{Path(pretrained).stem}')}"
+                kw["index_dir"] = index_dir_for(model, pretrained)
         gallery = default_gallery(vl, progress=progress, **kw)
         label = "the built-in world's test images"
     if world_dir is not None:

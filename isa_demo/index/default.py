@@ -23,6 +23,20 @@ INDEX_DIR = DEFAULT_INDEX_DIR
 SPOT_CHECKS = 64  # images whose content hash is compared with the index on load
 
 
+def index_dir_for(model: str, pretrained: str) -> Path:
+    """Where the world-test index of a VL model lives: the shipped ``galleries/world-test/`` for the
+    default built-in model, ``galleries/world-test--MODEL-WEIGHTS/`` for any other (never the
+    shipped one)."""
+    import re
+
+    from ..settings import BUILTIN_PRETRAINED, BUILTIN_VL, GALLERIES_DIR
+
+    if model == BUILTIN_VL and pretrained == BUILTIN_PRETRAINED:
+        return Path(INDEX_DIR)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}-{Path(pretrained).stem}").strip("-")
+    return GALLERIES_DIR / f"world-test--{name}"
+
+
 def default_gallery(vl, progress: Callable | None = None, *, world_dir: str | os.PathLike = WORLD_DIR,
                     split: str = "test", size: str = "full", seed: int = 0,
                     index_dir: str | os.PathLike = INDEX_DIR, batch_size: int = 256) -> GalleryIndex:

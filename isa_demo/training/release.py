@@ -75,10 +75,11 @@ def up_to_date(step: Step, vl_name: str, vl=None) -> bool:
     path = _checkpoint(step, vl_name) if step.kind != "index" else None
     if step.kind == "index":
         from ..index import GalleryIndex
-        from ..settings import DEFAULT_INDEX_DIR
+        from ..index.default import index_dir_for
 
         try:
-            return vl is not None and same_model(GalleryIndex.load(DEFAULT_INDEX_DIR).identity, vl.identity())
+            where = index_dir_for(vl_name, "builtin")
+            return vl is not None and same_model(GalleryIndex.load(where).identity, vl.identity())
         except Exception:
             return False
     if not path.exists():
@@ -102,9 +103,10 @@ def run_step(step: Step, world: str, vl_name: str, device: str | None = None) ->
         train_masked_ti(world, name=step.name, vl_name=vl_name, device=device, **step.kwargs)
     else:
         from ..index import default_gallery
+        from ..index.default import index_dir_for
         from ..vl import load_vl
 
-        default_gallery(load_vl(vl_name, device=device))
+        default_gallery(load_vl(vl_name, device=device), index_dir=index_dir_for(vl_name, "builtin"))
 
 
 def train_release(world: str, vl_name: str = BUILTIN_VL, only: list[str] | None = None, device: str | None = None,
