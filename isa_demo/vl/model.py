@@ -5,6 +5,12 @@
 checkpoint for its registered configs), or None (random weights). The returned
 :class:`VLModel` encodes images and texts, returns ViT local features, and encodes prompts
 whose placeholder token ``*`` is replaced by ``L >= 1`` learned embeddings (METHOD.md 2).
+
+Why one module of about 450 lines: everything here is the model layer's contract with the rest of
+the package and shares the open_clip internals it reaches into (the text tower's parts, the
+tokenizer's byte-level vocabulary, the checkpoint layout): loading and identity checks, image
+and pseudo-token text encoding, and reading token ids back as words. Splitting it would spread
+those internals over several files that each import the others.
 """
 from __future__ import annotations
 
