@@ -15,12 +15,13 @@ those internals over several files that each import the others.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import open_clip
@@ -112,7 +113,7 @@ class TextParts:
 
 class VLModel:
     def __init__(self, model, preprocess, tokenizer, name: str, pretrained: str | None, checkpoint_sha256: str | None,
-                 device: str, vocabulary: Sequence[int] | None = None):
+                 device: str, vocabulary: Sequence[int] | Callable[[], Sequence[int]] | None = None):
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -127,12 +128,18 @@ class VLModel:
         self.image_size = _image_size(model)
         ids = tokenizer([PLACEHOLDER])[0]
         self.placeholder_id = int(ids[1])  # [SOT, *, EOT, pad...]
-        # the token ids the model learned (its training captions' words); None: the whole tokenizer
-        self.vocabulary = None if vocabulary is None else torch.as_tensor(sorted(vocabulary), dtype=torch.long)
+        self._vocabulary = vocabulary  # ids, or a function that lists them (read on first use, not at load)
         mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
         std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    @property
+    def vocabulary(self) -> torch.Tensor | None:
+        """The token ids the model learned (its training captions' words); None: the whole tokenizer."""
+        if callable(self._vocabulary):
+            self._vocabulary = self._vocabulary()
+        return None if self._vocabulary is None else torch.as_tensor(sorted(self._vocabulary), dtype=torch.long)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -433,7 +440,7 @@ def load_vl(name: str | None = BUILTIN_NAME, pretrained: str | None = BUILTIN_PR
         if "vocabulary" in meta:
             vocabulary = json.loads(meta["vocabulary"])
         elif pretrained == BUILTIN_PRETRAINED:
-            vocabulary = world_vocabulary(open_clip.get_tokenizer(name))
+            vocabulary = functools.partial(world_vocabulary, open_clip.get_tokenizer(name))
     else:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **model_kwargs)
         ckpt_hash = f"open_clip:{name}/{pretrained}" if pretrained else None
