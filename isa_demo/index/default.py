@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..common import file_sha256
-from ..settings import DEFAULT_INDEX_DIR, WORLD_DIR
+from ..settings import BUILTIN_PRETRAINED, BUILTIN_VL, DEFAULT_INDEX_DIR, GALLERIES_DIR, WORLD_DIR
 from ..world import World, build_world
 from .encode import GalleryError, Progress, encode_tensor
 from .gallery import META, GalleryIndex
@@ -28,8 +28,6 @@ def index_dir_for(model: str, pretrained: str) -> Path:
     default built-in model, ``galleries/world-test--MODEL-WEIGHTS/`` for any other (never the
     shipped one)."""
     import re
-
-    from ..settings import BUILTIN_PRETRAINED, BUILTIN_VL, GALLERIES_DIR
 
     if model == BUILTIN_VL and pretrained == BUILTIN_PRETRAINED:
         return Path(INDEX_DIR)

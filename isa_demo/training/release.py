@@ -91,9 +91,9 @@ def up_to_date(step: Step, vl_name: str, vl=None) -> bool:
 
 
 def run_step(step: Step, world: str, vl_name: str, device: str | None = None) -> None:
-    from ..training.isa import train_isa
-    from ..training.masked_ti import train_masked_ti
-    from ..training.vl import train_vl
+    from .isa import train_isa
+    from .masked_ti import train_masked_ti
+    from .vl import train_vl
 
     if step.kind == "vl":
         train_vl(world, name=vl_name, device=device, **step.kwargs)
