@@ -88,13 +88,20 @@ def draw_form(scene: dict, rng: np.random.Generator) -> dict:
             "absence": grammar != "world" and rng.random() < 0.4}
 
 
-def perturb(scene: dict, rng: np.random.Generator) -> dict:
-    """A scene that differs from ``scene`` in binding or in one attribute of one object."""
+# the perturbations of :func:`perturb` that each modification type of a training mix weighs
+PERTURBATIONS = {"colour": ("colour", "swap_colour"), "shape": ("shape", "swap_shape"), "size": ("size",),
+                 "position": ("cell", "swap_cell")}
+
+
+def perturb(scene: dict, rng: np.random.Generator, weights: dict[str, float] | None = None) -> dict:
+    """A scene that differs from ``scene`` in binding or in one attribute of one object; ``weights``
+    (modification type -> weight, see :data:`PERTURBATIONS`) makes some kinds more frequent."""
     out = copy.deepcopy(scene)
     objs = out["objects"]
-    kinds = ["colour", "shape", "size", "cell"] + (["swap_colour", "swap_shape", "swap_cell"] if len(objs) > 1 else [])
+    kinds = [k for t, ks in PERTURBATIONS.items() for k in ks if len(objs) > 1 or not k.startswith("swap")]
+    p = np.array([(weights or {}).get(next(t for t, ks in PERTURBATIONS.items() if k in ks), 1.0) for k in kinds])
     for _ in range(20):
-        kind = _pick(rng, kinds)
+        kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
         if kind.startswith("swap"):
             i, j = rng.choice(len(objs), size=2, replace=False)
             key = kind.split("_")[1]
@@ -116,6 +123,6 @@ def perturb(scene: dict, rng: np.random.Generator) -> dict:
     return out
 
 
-def negative(scene: dict, rng: np.random.Generator, form: dict) -> str:
+def negative(scene: dict, rng: np.random.Generator, form: dict, weights: dict[str, float] | None = None) -> str:
     """A hard-negative caption: a perturbed scene in the same grammar and object order."""
-    return describe(perturb(scene, rng), rng, form)
+    return describe(perturb(scene, rng, weights), rng, form)

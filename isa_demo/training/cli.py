@@ -12,6 +12,11 @@ VL_HELP = {
     "variants": "fraction of each batch that is a near variant of another member, rendered on the fly",
     "text_negatives": "add NegCLIP-style hard-negative captions (attributes swapped or changed)",
     "captions": "caption grammars: diverse (relative clauses, orders, counts, absence) or the world's own",
+    "mix": "how often each kind of near variant and hard-negative caption is drawn: TYPE:WEIGHT,... over colour, "
+           "shape, size, position, add, remove, background (unnamed: 1); weigh up what the model confuses",
+    "scene_loss": "weight of the scene-graph head on the image embedding (shape/colour/size per cell, background); "
+                  "0: the CLIP loss alone",
+    "init": "start from this checkpoint's weights instead of random ones (fine-tuning)",
     "precision": "autocast precision: auto (bf16 where the hardware has it), bf16, fp16 (CUDA), fp32",
 }
 ISA_HELP = {

@@ -37,10 +37,17 @@ from tqdm.auto import tqdm
 
 from ..common import atomic_path, default_device, pack_state
 from ..settings import RUNS_DIR
-from ..vl.model import TextParts, builtin_checkpoint, config_json, encode_text_trimmed, special_tokens
+from ..vl.model import (
+    TextParts,
+    builtin_checkpoint,
+    config_json,
+    encode_text_trimmed,
+    load_state_checked,
+    special_tokens,
+)
 from ..world import World
 from ..world.render import IMAGE_SIZE, render
-from ..world.scene import near_variant, scene_key
+from ..world.scene import BACKGROUNDS, COLOURS, MOD_TYPES, SHAPES, SIZES, modify, scene_key
 from . import precision as amp
 from .captions import describe, draw_form, negative
 from .state import cosine_schedule, load_state, save_state
@@ -77,11 +84,36 @@ def export_safetensors(model: torch.nn.Module, path: str | Path, name: str, extr
         save_file(state, str(tmp), metadata=meta)
 
 
-def _variant_images(scenes: list[dict], rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict]]:
+def parse_mix(mix: str) -> dict[str, float]:
+    """``"position:3,shape:2"`` -> a weight per single modification type (unnamed types weigh 1)."""
+    weights = dict.fromkeys(MOD_TYPES, 1.0)
+    for part in filter(None, (p.strip() for p in mix.split(","))):
+        kind, _, weight = part.partition(":")
+        if kind not in weights or not weight:
+            raise ValueError(f"mix {mix!r}: each part is TYPE:WEIGHT with TYPE one of {MOD_TYPES}, not {part!r}")
+        weights[kind] = float(weight)
+    if min(weights.values()) < 0 or not sum(weights.values()):
+        raise ValueError(f"mix {mix!r}: weights must be >= 0 and not all 0")
+    return weights
+
+
+def near_variant(scene: dict, rng: np.random.Generator, weights: dict[str, float]) -> dict:
+    """A scene one single modification away from ``scene`` (type drawn by ``weights``), or ``scene``
+    itself when no modification applies. Only the scene is kept, never the modifier text."""
+    kinds, p = list(weights), np.array(list(weights.values()))
+    for _ in range(50):
+        res = modify(scene, kinds[int(rng.choice(len(kinds), p=p / p.sum()))], rng)
+        if res is not None and scene_key(res[0]) != scene_key(scene):
+            return res[0]
+    return scene
+
+
+def _variant_images(scenes: list[dict], rng: np.random.Generator, size: int,
+                    weights: dict[str, float]) -> tuple[np.ndarray, list[dict]]:
     """Near variants of ``scenes`` rendered as the world renders (128 px, resized like its cache)."""
     images, out = [], []
     for scene in scenes:
-        v = near_variant(scene, rng, {scene_key(scene)}) or scene
+        v = near_variant(scene, rng, weights)
         img = render(v, rng, IMAGE_SIZE)
         if size != IMAGE_SIZE:
             img = img.resize((size, size), Image.Resampling.BICUBIC)
@@ -90,13 +122,47 @@ def _variant_images(scenes: list[dict], rng: np.random.Generator, size: int) -> 
     return np.stack(images), out
 
 
-def _captions(scenes: list[dict], rng: np.random.Generator, style: str, negatives: bool):
+class SceneHead(torch.nn.Module):
+    """Reads an image embedding back into its scene graph: per cell of the 3x3 grid the shape (or
+    empty), the colour and the size of its object, and the background. Trained beside the CLIP loss
+    (``scene_loss``), it makes the image tower say *where* each object is; without it both towers of
+    this model learned to ignore position (caption pairs that differ only in an object's cell scored
+    at chance, 0.50) and the contrastive loss alone never left that state (its gradient towards
+    position needs the other tower to see position already). Training only: not exported."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.sizes = (9 * (len(SHAPES) + 1), 9 * len(COLOURS), 9 * len(SIZES), len(BACKGROUNDS))
+        self.linear = torch.nn.Linear(dim, sum(self.sizes))
+
+    @staticmethod
+    def targets(scenes: list[dict], device) -> list[torch.Tensor]:
+        shape = torch.full((len(scenes), 9), len(SHAPES), dtype=torch.long)
+        colour = torch.full((len(scenes), 9), -100, dtype=torch.long)
+        size = torch.full((len(scenes), 9), -100, dtype=torch.long)
+        for i, scene in enumerate(scenes):
+            for o in scene["objects"]:
+                shape[i, o["cell"]] = SHAPES.index(o["shape"])
+                colour[i, o["cell"]] = list(COLOURS).index(o["colour"])
+                size[i, o["cell"]] = SIZES.index(o["size"])
+        bg = torch.tensor([list(BACKGROUNDS).index(s["background"]) for s in scenes])
+        return [t.to(device) for t in (shape, colour, size, bg)]
+
+    def loss(self, features: torch.Tensor, scenes: list[dict]) -> torch.Tensor:
+        parts = self.linear(features).split(self.sizes, dim=-1)
+        total = 0.0
+        for logits, target in zip(parts, self.targets(scenes, features.device)):
+            total = total + F.cross_entropy(logits.reshape(target.numel(), -1), target.flatten(), ignore_index=-100)
+        return total / len(parts)
+
+
+def _captions(scenes: list[dict], rng: np.random.Generator, style: str, negatives: bool, weights: dict[str, float]):
     pos, neg = [], []
     for scene in scenes:
         form = draw_form(scene, rng) if style == "diverse" else {"grammar": "world", "seed": int(rng.integers(2**31))}
         pos.append(describe(scene, rng, form))
         if negatives:
-            neg.append(negative(scene, rng, form))
+            neg.append(negative(scene, rng, form, weights))
     return pos, neg
 
 
@@ -104,16 +170,23 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
              batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.1, seed: int = 0,
              state_path: str | None = None, device: str | None = None, save_every: int = 100,
              max_images: int | None = None, variants: float = 0.5, text_negatives: bool = True,
-             captions: str = "diverse", precision: str = "auto") -> Path:
+             captions: str = "diverse", mix: str = "position:3,shape:2", scene_loss: float = 1.0,
+             init: str | None = None, precision: str = "auto") -> Path:
     if captions not in CAPTIONS:
         raise ValueError(f"captions must be one of {CAPTIONS}, not {captions!r}")
     if not 0 <= variants < 1:
         raise ValueError(f"variants is a fraction of the batch in [0, 1), not {variants}")
+    weights = parse_mix(mix)
     device = device or default_device()
     precision = amp.resolve(precision, device)
     torch.manual_seed(seed)
     w = World(world)
-    model = open_clip.create_model(name, pretrained=None).to(device)
+    model = open_clip.create_model(name, pretrained=None)
+    if init:
+        load_state_checked(model, init, name)
+    if scene_loss:  # a submodule during training (optimised, saved in the state); dropped on export
+        model.scene_head = SceneHead(model.visual.output_dim)
+    model.to(device)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     images = w.image_array("train", size)
@@ -134,7 +207,8 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
     total = max(1, int(epochs * steps_per_epoch))
     sched = cosine_schedule(opt, warmup=min(200, total // 10 + 1), total=total)
     recipe = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-              "variants": variants, "text_negatives": text_negatives, "captions": captions, "precision": precision}
+              "variants": variants, "text_negatives": text_negatives, "captions": captions, "mix": mix,
+              "scene_loss": scene_loss, "precision": precision, **({"init": str(init)} if init else {})}
     state_path = Path(state_path or RUNS_DIR / "vl" / f"{name}.state.pt")
     step, extra = load_state(state_path, model, opt, sched)
     if step and extra.get("recipe", recipe) != recipe:
@@ -159,17 +233,20 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
         scenes = [records[i]["scene"] for i in idx]
         batch = images[idx]
         if n_var:
-            var_images, var_scenes = _variant_images(scenes[:n_var], rng, size)
+            var_images, var_scenes = _variant_images(scenes[:n_var], rng, size, weights)
             batch, scenes = np.concatenate([batch, var_images]), scenes + var_scenes
-        pos, neg = _captions(scenes, rng, captions, text_negatives)
+        pos, neg = _captions(scenes, rng, captions, text_negatives, weights)
         with amp.autocast(device, precision):
-            img = F.normalize(model.encode_image(to_tensor(batch)).float(), dim=-1)
+            features = model.encode_image(to_tensor(batch)).float()
+            img = F.normalize(features, dim=-1)
             txt = F.normalize(encode_text_trimmed(model, tokenizer(pos + neg).to(device)).float(), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
         labels = torch.arange(len(scenes), device=device)
         # image -> text over the captions and the hard negatives; text -> image over the images
         loss = (F.cross_entropy(scale * img @ txt.T, labels)
                 + F.cross_entropy(scale * txt[:len(pos)] @ img.T, labels)) / 2
+        if scene_loss:
+            loss = loss + scene_loss * model.scene_head.loss(features, scenes)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -185,6 +262,8 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
                        {"elapsed_s": elapsed + time.time() - t0, "total": total, "recipe": recipe})
     elapsed += time.time() - t0
     model.eval()
+    if scene_loss:
+        del model.scene_head
     moments = opt.state.get(text_emb, {}).get("exp_avg_sq")  # rows that ever had a gradient
     trained = None if moments is None else (moments.abs().sum(1) > 0).nonzero().flatten().tolist()
     export_safetensors(model, out, name, {"world_seed": w.meta["seed"], "steps": total, "batch_size": batch_size,
