@@ -488,17 +488,24 @@ def test_allowed_paths_are_narrow(service, small_world):
 
 
 # ------------------------------------------------------------------------------------ UI pieces
-def test_reference_image_component_passes_unreadable_files_on(tmp_path):
+def test_reference_image_component_passes_unreadable_files_on(tmp_path, monkeypatch):
+    import gradio as gr
     from gradio.data_classes import ImageData
 
     from isa_demo.app.ui import ReferenceImage
 
-    bad = tmp_path / "bad.png"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    bad = tmp_path / "uploads" / "bad.png"
+    bad.parent.mkdir()
     bad.write_bytes(b"nope")
     comp = ReferenceImage(type="filepath", image_mode=None, render=False)
     assert comp.get_block_name() == "image"
     assert comp.preprocess(ImageData(path=str(bad), orig_name="bad.png")) == str(bad)
     assert comp.preprocess(None) is None
+    # a path the server never received (a request may name any path when it leaves out "meta")
+    for path in ("/etc/passwd", str(bad.parent / ".." / "elsewhere.png"), __file__):
+        with pytest.raises(gr.Error, match="not a file this server received"):
+            comp.preprocess(ImageData(path=path, orig_name="x.png"))
 
 
 def test_viz_overlays_and_tables():

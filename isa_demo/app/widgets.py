@@ -108,18 +108,44 @@ def shown_k_js(elem_id: str) -> str:
 
 
 class ReferenceImage(gr.Image):
-    """``gr.Image`` whose preprocessing never raises: a file Pillow cannot open (corrupt,
-    truncated, a decompression bomb) is handed over as its upload path, so that the service can
-    say what is wrong with it instead of the UI showing a bare "Error"."""
+    """``gr.Image`` that hands a file Pillow cannot open (corrupt, truncated, a decompression
+    bomb) over as its upload path, so that the service can say what is wrong with it instead of
+    the UI showing a bare "Error"; and refuses a path that is neither an upload nor a file the
+    app serves (:func:`received_file`)."""
 
     is_template = True  # use the stock Image frontend
 
     def preprocess(self, payload):
+        path = getattr(payload, "path", None)
+        if path and not received_file(path):
+            raise gr.Error(NOT_RECEIVED, print_exception=False)
         try:
             return super().preprocess(payload)
         except Exception:
-            path = getattr(payload, "path", None)
             return str(path) if path else None
+
+
+NOT_RECEIVED = ("the reference image is not a file this server received: upload it first (POST /gradio_api/upload, "
+                "or gradio_client's handle_file) and send the path that upload answered")
+
+
+def received_file(path) -> bool:
+    """Whether ``path`` is an upload (under gradio's upload folder) or one of the files the app
+    serves in place (``gr.set_static_paths``: the gallery, the world's test images): the only
+    files a request may name. (Stock ``gr.Image`` opens any path a request names when the
+    request leaves out ``meta``; this one does not.)"""
+    from gradio.data_classes import _StaticFiles
+    from gradio.utils import get_upload_folder
+
+    try:
+        real = os.path.realpath(os.fspath(path))
+    except (TypeError, ValueError):
+        return False
+    for root in [get_upload_folder(), *_StaticFiles.all_paths]:
+        root = os.path.realpath(os.fspath(root))
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return True
+    return False
 
 
 class Choice(gr.Dropdown):
