@@ -81,8 +81,8 @@ class ComposeResult:
         return {"method": self.method, "backbone": self.backbone, "modifier": self.modifier,
                 "ids": self.ids, "names": [h.name for h in self.hits], "scores": [round(s, 6) for s in self.scores],
                 "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()}, "timing_note": self.timing_note,
-                "notices": list(self.notices), "excluded_reference_ids": list(self.excluded_ids), "batch_size": self.batch_size,
-                "pseudo_words": ex.get("pseudo_words"), "prompt": ex.get("prompt")}
+                "notices": list(self.notices), "excluded_reference_ids": list(self.excluded_ids),
+                "pseudo_words": ex.get("pseudo_words"), "prompt": ex.get("prompt"), "batch_size": self.batch_size}
 
 
 def _ms(t0: float) -> float:

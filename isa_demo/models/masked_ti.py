@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..common import atomic_path, read_metadata
+from ..common import load_checkpoint, read_metadata, save_checkpoint
 from ..errors import CheckpointError
 from ..settings import REPO as ROOT
 from ..settings import checkpoint_dir
@@ -61,20 +61,14 @@ class Phi(nn.Module):
 
 def save_phi(path: str | os.PathLike, phi: Phi, vl_identity: dict, facts: dict) -> Path:
     """Write ``phi`` as fp16 safetensors with the metadata record (atomically)."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().half().contiguous() for k, v in phi.state_dict().items()}
     meta = {"format": FORMAT, "config": json.dumps(phi.config), "vl": json.dumps(vl_identity, sort_keys=True),
             **{k: v if isinstance(v, str) else json.dumps(v) for k, v in facts.items()}}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return Path(path)
+    return save_checkpoint(state, path, meta)
 
 
 def load_phi(path: str | os.PathLike, vl, device: str | None = None) -> tuple[Phi, dict]:
     """Load a checkpoint for ``vl``; refuse one trained for another VL model (names both)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.exists() and not path.is_absolute() and (ROOT / path).exists():
         path = ROOT / path  # repo-relative, as shipped_variants() names them
@@ -93,7 +87,7 @@ def load_phi(path: str | os.PathLike, vl, device: str | None = None) -> tuple[Ph
         raise CheckpointError(f"{path.name}: Phi maps {cfg['embed_dim']} -> {cfg['word_dim']}, the VL model needs "
                               f"{vl.embed_dim} -> {vl.word_dim}")
     phi = Phi(cfg["embed_dim"], cfg["word_dim"], cfg["hidden"], cfg["dropout"])
-    state = load_file(str(path))
+    state, _ = load_checkpoint(path)
     phi.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return phi.to(device or vl.device).eval(), meta
 
