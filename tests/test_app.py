@@ -8,23 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import TINY_BACKBONE, tiny_service
+from helpers import TINY_BACKBONE
 from isa_demo.app.catalogue import build_variants
 from isa_demo.app.compose import MAX_K
 from isa_demo.app.inputs import InputError
 from isa_demo.app.service import DemoService
-
-
-@pytest.fixture(scope="session")
-def service(tiny_vl, small_world, tmp_path_factory):
-    return tiny_service(tiny_vl, small_world, tmp_path_factory.mktemp("app"))
-
-
-@pytest.fixture(scope="session")
-def example(service):
-    ex = service.inspector.example_queries(8)
-    assert len(ex) == 8 and {"image", "modifier", "mod_type"} <= set(ex[0])
-    return ex[0]
 
 
 @pytest.fixture

@@ -75,19 +75,21 @@ def load_phi(path: str | os.PathLike, vl, device: str | None = None) -> tuple[Ph
     if not path.exists():
         raise CheckpointError(f"masked-ti checkpoint not found: {path}; train one with "
                               f"`python -m isa_demo train masked-ti` (see --help)")
-    meta = read_metadata(path)
+    state, meta = load_checkpoint(path)  # refuses a damaged file before anything is read from it
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an isa-demo masked-ti / single-token checkpoint")
-    why = identity_mismatch(json.loads(meta["vl"]), vl.identity())
+    try:
+        saved_vl, cfg = json.loads(meta["vl"]), json.loads(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path.name} is damaged: its metadata cannot be read ({e})") from None
+    why = identity_mismatch(saved_vl, vl.identity())
     if why:
         raise CheckpointError(f"{path.name} {why}. Retrain it for this VL model with "
                               f"`python -m isa_demo train masked-ti`.")
-    cfg = json.loads(meta["config"])
     if cfg["embed_dim"] != vl.embed_dim or cfg["word_dim"] != vl.word_dim:
         raise CheckpointError(f"{path.name}: Phi maps {cfg['embed_dim']} -> {cfg['word_dim']}, the VL model needs "
                               f"{vl.embed_dim} -> {vl.word_dim}")
     phi = Phi(cfg["embed_dim"], cfg["word_dim"], cfg["hidden"], cfg["dropout"])
-    state, _ = load_checkpoint(path)
     phi.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return phi.to(device or vl.device).eval(), meta
 
