@@ -46,13 +46,19 @@ def timed(*args: str) -> float:
     return time.perf_counter() - t
 
 
-def killed_at_random(args: list[str], full_seconds: float) -> float:
-    """Start the command, SIGKILL it after a random fraction of ``full_seconds``; the fraction."""
+def killed_at_random(args: list[str], full_seconds: float, after: Path | None = None) -> float:
+    """Start the command, SIGKILL it after a random fraction of ``full_seconds`` (with ``after``:
+    of what is left of it once ``after`` exists, e.g. a first saved state); the fraction."""
     frac = RNG.uniform(0.05, 0.95)
+    t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "isa_demo", *args], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    if after is not None:
+        while not after.exists() and proc.poll() is None and time.perf_counter() - t0 < 2 * full_seconds:
+            time.sleep(0.02)
+    left = max(full_seconds - (time.perf_counter() - t0), 0.1) if after is not None else full_seconds
     try:
-        proc.wait(timeout=frac * full_seconds)
+        proc.wait(timeout=frac * left)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
@@ -113,15 +119,20 @@ def _trainer_args(kind: str, world: Path, weights: str, out: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["vl", "isa", "masked-ti"])
 def test_training_killed_then_rerun_resumes_to_the_same_weights(kind, small_world, tiny_weights, tmp_path):
-    """Each trainer saves its state every step here (``--save-every 1``): killed anywhere and run
-    again, it resumes (or starts over) and ends with the uninterrupted run's weights, bit for bit."""
+    """Each trainer saves its state every step here (``--save-every 1``): killed anywhere (once at
+    a random point of the whole run, then once more at a random point after it has saved a state)
+    and run again, it resumes and ends with the uninterrupted run's weights, bit for bit."""
     world = tmp_path / "world"
     shutil.copytree(small_world, world, ignore=shutil.ignore_patterns("cache"))  # caches built by these runs
     a, b = tmp_path / "a", tmp_path / "b"
     full = timed(*_trainer_args(kind, world, tiny_weights, a))
-    frac = killed_at_random(_trainer_args(kind, world, tiny_weights, b), full)
+    first = killed_at_random(_trainer_args(kind, world, tiny_weights, b), full)
+    second = killed_at_random(_trainer_args(kind, world, tiny_weights, b), full, after=b / "state.pt")
+    had_state = (b / "state.pt").exists()
     again = isa_demo(*_trainer_args(kind, world, tiny_weights, b))
-    assert again.returncode == 0, f"killed at {frac:.2f} (seed {SEED}): {again.stderr[-2000:]}"
+    where = f"killed at {first:.2f}, then {second:.2f} after a saved state (seed {SEED})"
+    assert again.returncode == 0, f"{where}: {again.stderr[-2000:]}"
+    assert not had_state or "resumed from" in again.stdout + again.stderr, where
     same_tensors(a / "model.safetensors", b / "model.safetensors")
 
 

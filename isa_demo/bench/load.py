@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..options import add_vl_args
 from ..settings import WORLD_DIR
-from .app import HttpCompose, free_port, percentiles, start_app, stop_app, world_queries
+from .app import HttpCompose, default_choice, free_port, percentiles, start_app, stop_app, world_queries
 
 LOAD_CSV = "load.csv"
 
@@ -104,13 +104,7 @@ def run_load(url: str, queries, clients: int = 32, seconds: float = 60.0, rounds
     from gradio_client import Client
 
     info = Client(url, verbose=False).predict(api_name="/variants")
-    if method is None:
-        method = ("isa" if "isa" in info["methods"] and info["backbones"]
-                  else "sum" if "sum" in info["methods"] else info["methods"][0])
-    if backbone is None and method == "isa":
-        from ..settings import LIGHTEST_BACKBONE as LIGHTEST
-
-        backbone = LIGHTEST if LIGHTEST in info["backbones"] else info["backbones"][0]
+    method, backbone = default_choice(info, method, backbone)
     warm = HttpCompose(url)
     for i in range(3):
         warm(queries[i % len(queries)], method, backbone, k)
