@@ -264,6 +264,10 @@ def test_hostile_files_over_http(api, files, capfd, tmp_path):
         event, out = api.call("compose", [image, "make the circle red", "isa", TINY_BACKBONE, 5])
         COUNTS["files"] += 1
         assert (event == "complete") == usable, f"{name}: {out}"
+    gone = api.upload(files["one_pixel.png"][0])
+    os.remove(gone["path"])  # swept by --cache-ttl while the page still shows it
+    event, message = api.call("compose", [gone, "make the circle red", "sum", None, 5])
+    assert event == "error" and "is no longer on the server" in message and "upload it again" in message
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG" + b"\0" * (11 * 1024 * 1024))  # over the 10 MB upload limit
     refused = api.upload(big)
