@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from PIL import Image, ImageOps, ImageSequence
 
-from .errors import ImageError
+from .errors import CheckpointError, ImageError, IntegrityError
 
 # Largest image we agree to decode (pixels). Above this Pillow's decompression-bomb
 # guard would only warn; we refuse instead, so a 20000x20000 upload costs nothing.
@@ -52,11 +52,77 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The string metadata of a safetensors file (its header only; no tensors are read)."""
+    """The string metadata of a safetensors file (its header only; no tensors are read); a file
+    whose header cannot be read is a :class:`CheckpointError`."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - SafetensorError, a damaged header, not a safetensors file
+        raise CheckpointError(f"checkpoint {Path(path).name} cannot be read ({_first_line(e)}): it is damaged "
+                              f"or not a safetensors file; restore or retrain it") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
+
+
+# ----------------------------------------------------------------------------- content checksums
+CHECKSUM = "content_sha256"  # a safetensors checkpoint's metadata key: its tensors and other metadata
+
+
+def state_digest(state: dict, metadata: dict | None = None) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes and the other metadata entries
+    (everything but :data:`CHECKSUM` itself): what :func:`save_checkpoint` seals a file with."""
+    import torch
+
+    h = hashlib.sha256()
+    meta = {k: v for k, v in (metadata or {}).items() if k != CHECKSUM}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike, metadata: dict) -> Path:
+    """Write a safetensors checkpoint atomically, sealed with its :func:`state_digest`."""
+    from safetensors.torch import save_file
+
+    meta = {**{k: v for k, v in metadata.items() if k != CHECKSUM}}
+    meta[CHECKSUM] = state_digest(state, meta)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(state, metadata)`` of a safetensors checkpoint, or :class:`CheckpointError` /
+    :class:`IntegrityError`: unreadable, or its content no longer what it was sealed with
+    (checkpoints written before the seal are read as they are)."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - a damaged file
+        raise CheckpointError(f"checkpoint {Path(path).name} cannot be read ({_first_line(e)}): it is damaged; "
+                              f"restore or retrain it") from None
+    if CHECKSUM in meta and state_digest(state, meta) != meta[CHECKSUM]:
+        raise IntegrityError(f"checkpoint {Path(path).name} is damaged: its content does not match the checksum "
+                             f"it was saved with; restore it or retrain it (it was not used)")
+    return state, meta
+
+
+def verify_file(path: str | os.PathLike, expected: str | None, what: str) -> None:
+    """Refuse ``path`` (:class:`IntegrityError`) when ``expected`` is a sha256 it no longer has."""
+    if expected and file_sha256(path) != expected:
+        raise IntegrityError(f"{what} {Path(path).name} is damaged: its content does not match the checksum "
+                             f"written with it; it was not used. Restore it, or write it again")
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -29,3 +29,8 @@ class CheckpointError(UserError, ValueError):
 
 class VLLoadError(UserError, RuntimeError):
     """A VL model that cannot be loaded (unknown name, missing or mismatched weights)."""
+
+
+class IntegrityError(UserError, ValueError):
+    """A file whose content no longer matches the checksum written with it (damaged on disk, cut
+    short, edited): it is refused rather than read, so that nothing answers with wrong numbers."""

@@ -32,3 +32,19 @@ def tiny_vl_custom():
 
     torch.manual_seed(0)
     return load_vl("isa-test-tiny-custom", pretrained=None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def service(tiny_vl, small_world, tmp_path_factory):
+    """The demo's service over the small world (tests/helpers.py tiny_service), shared by the app's tests."""
+    from helpers import tiny_service
+
+    return tiny_service(tiny_vl, small_world, tmp_path_factory.mktemp("app"))
+
+
+@pytest.fixture(scope="session")
+def example(service):
+    """One of the service's example queries: ``{"image", "modifier", "mod_type"}``."""
+    ex = service.inspector.example_queries(8)
+    assert len(ex) == 8 and {"image", "modifier", "mod_type"} <= set(ex[0])
+    return ex[0]

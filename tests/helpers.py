@@ -58,17 +58,18 @@ def write_fake_results(vl, world_dir: str | os.PathLike, out: str | os.PathLike)
     import pandas as pd
 
     from isa_demo.evaluation import evaluate
+    from isa_demo.evaluation.results import write_table
     from isa_demo.methods import create_method
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([
+    write_table(pd.DataFrame([
         {"method": "image-only", "backbone": None, "R@1": 5.0},
         {"method": "sum", "backbone": None, "R@1": 12.0},
         {"method": "isa", "backbone": TINY_BACKBONE, "R@1": 30.0},
         {"method": "isa", "backbone": "efficientnet_b0", "R@1": 33.0},
         {"method": "caption-oracle", "backbone": None, "R@1": 60.0},
-    ]).to_csv(out / "accuracy.csv", index=False)
+    ]), out / "accuracy.csv")
     rows = []
     for method, backbone, gflops, ms in [("vl-image-tower", "", 1.5, 9.0), ("sum", "", 1.5, 9.5),
                                          ("isa", TINY_BACKBONE, 0.06, 2.0), ("isa", "efficientnet_b0", 0.4, 6.0)]:
@@ -76,7 +77,7 @@ def write_fake_results(vl, world_dir: str | os.PathLike, out: str | os.PathLike)
             rows.append({"model": f"{method}:{backbone}", "method": method, "backbone": backbone or None,
                          "setting": "world", "stage": stage, "params": 1e6, "gflops": gflops * scale,
                          "cpu_ms_p50": ms * scale, "gpu_ms_p50": 0.5, "peak_mem_mb": 10.0})
-    pd.DataFrame(rows).to_csv(out / "efficiency.csv", index=False)
+    write_table(pd.DataFrame(rows), out / "efficiency.csv")
     for method in ("sum", "image-only"):  # two per-query tables: the inspector, and the rank change between them
         evaluate("world", world_dir, "test", create_method(method, vl), out=out, progress=False)
     return out

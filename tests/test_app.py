@@ -1,5 +1,6 @@
 """The demo's service layer (pure python) and its HTTP API, on the tiny random model + small world."""
 import io
+import os
 import re
 import struct
 import zlib
@@ -8,23 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import TINY_BACKBONE, tiny_service
+from helpers import TINY_BACKBONE
 from isa_demo.app.catalogue import build_variants
 from isa_demo.app.compose import MAX_K
 from isa_demo.app.inputs import InputError
 from isa_demo.app.service import DemoService
-
-
-@pytest.fixture(scope="session")
-def service(tiny_vl, small_world, tmp_path_factory):
-    return tiny_service(tiny_vl, small_world, tmp_path_factory.mktemp("app"))
-
-
-@pytest.fixture(scope="session")
-def example(service):
-    ex = service.inspector.example_queries(8)
-    assert len(ex) == 8 and {"image", "modifier", "mod_type"} <= set(ex[0])
-    return ex[0]
 
 
 @pytest.fixture
@@ -488,17 +477,24 @@ def test_allowed_paths_are_narrow(service, small_world):
 
 
 # ------------------------------------------------------------------------------------ UI pieces
-def test_reference_image_component_passes_unreadable_files_on(tmp_path):
+def test_reference_image_component_passes_unreadable_files_on(tmp_path, monkeypatch):
+    import gradio as gr
     from gradio.data_classes import ImageData
 
     from isa_demo.app.ui import ReferenceImage
 
-    bad = tmp_path / "bad.png"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    bad = tmp_path / "uploads" / "bad.png"
+    bad.parent.mkdir()
     bad.write_bytes(b"nope")
     comp = ReferenceImage(type="filepath", image_mode=None, render=False)
     assert comp.get_block_name() == "image"
     assert comp.preprocess(ImageData(path=str(bad), orig_name="bad.png")) == str(bad)
     assert comp.preprocess(None) is None
+    # a path the server never received (a request may name any path when it leaves out "meta")
+    for path in ("/etc/passwd", str(bad.parent / ".." / "elsewhere.png"), __file__):
+        with pytest.raises(gr.Error, match="not a file this server received"):
+            comp.preprocess(ImageData(path=path, orig_name="x.png"))
 
 
 def test_viz_overlays_and_tables():
@@ -609,6 +605,21 @@ def test_bench_measure_small(served, small_world):
     assert by["sequential"]["server_total_ms_p50"] > 0  # the plain HTTP call got the JSON back
 
 
+def test_bench_load_small(served, small_world, tmp_path):
+    """`bench load`'s rounds against a running app: no errors, RSS and its growth, the cache size."""
+    from isa_demo.bench.app import world_queries
+    from isa_demo.bench.load import folder_size, run_load
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "f").write_bytes(b"x" * 1000)
+    rows, meta = run_load(served, world_queries(small_world, 8), clients=2, seconds=1.5, rounds=2, also_clients=[1],
+                          pid=os.getpid(), cache_dir=tmp_path / "c")
+    assert [r["clients"] for r in rows] == [2, 2, 1] and not meta["errors"]
+    assert all(r["errors"] == 0 and r["queries"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
+    assert rows[0]["server_rss_mb"] > 0 and rows[1]["rss_growth_pct"] == rows[1]["rss_growth_pct"]  # not NaN
+    assert rows[0]["cache_files"] == 1 and folder_size(tmp_path / "c")[0] == 0.001
+
+
 def test_any_index_by_path(tiny_vl, small_world, tmp_path):
     """``--index PATH``: a gallery built by `index build` from any folder, no world needed."""
     import shutil
@@ -644,3 +655,143 @@ def test_examples_are_a_seeded_draw_one_per_family(service):
     families = [e["mod_type"].split(":")[0] for e in a]
     assert len(set(families)) == len(families)
     assert service.inspector.example_queries(8, seed=1) != a
+
+
+# ------------------------------------------------------------------------------------ public deployment
+def test_limits_are_flags_and_environment(monkeypatch):
+    import argparse
+
+    from isa_demo.app.cli import add_app_args, delete_cache_setting
+
+    for name, value in (("MAX_QUEUE", "7"), ("MAX_FILE_SIZE", "2mb"), ("CACHE_TTL", "60"), ("MAX_BATCH", "4")):
+        monkeypatch.setenv(f"ISA_DEMO_{name}", value)
+    p = argparse.ArgumentParser()
+    add_app_args(p)
+    a = p.parse_args([])
+    assert (a.max_queue, a.max_file_size, a.cache_ttl, a.max_batch, a.concurrency) == (7, "2mb", 60, 4, 16)
+    a = p.parse_args(["--max-queue", "3", "--cache-ttl", "0", "--max-file-size", "500kb"])
+    assert (a.max_queue, a.cache_ttl, a.max_file_size) == (3, 0, "500kb")
+    assert delete_cache_setting(900, 300) == (300, 900) and delete_cache_setting(60, 300) == (60, 60)
+    assert delete_cache_setting(0, 300) is None
+
+
+def test_uploads_are_deleted_on_schedule(service, tmp_path):
+    """With --cache-ttl 1 --cache-sweep 1 an upload is gone within a few seconds; the bounds the
+    app was started with are the ones it serves with."""
+    import time
+
+    import httpx
+
+    from helpers import free_port
+    from isa_demo.app.cli import build_demo, launch
+
+    demo = build_demo(service, concurrency=2, max_queue=5, delete_cache=(1, 1))
+    port = free_port()
+    launch(demo, service, "127.0.0.1", port, block=False, quiet=True, max_file_size="1kb")
+    try:
+        url = f"http://127.0.0.1:{port}/gradio_api/upload"
+        assert demo._queue.max_size == 5 and demo.delete_cache == (1, 1)
+        too_big = httpx.post(url, files={"files": ("a.png", b"\0" * 2048)})
+        assert too_big.status_code == 413 and "maximum allowed size" in too_big.text
+        path = httpx.post(url, files={"files": ("a.png", b"\0" * 500)}).json()[0]
+        assert os.path.exists(path)
+        t = time.perf_counter()
+        while os.path.exists(path) and time.perf_counter() - t < 10:
+            time.sleep(0.25)
+        assert not os.path.exists(path), "the upload outlived --cache-ttl"
+    finally:
+        demo.close()
+
+
+def test_concurrent_composes_run_as_one_batch(service, example):
+    """Queries of one method arriving together share one run of the encoders and the search, and
+    each gets exactly what it would alone; a bad query in the crowd gets its own message."""
+    import threading
+
+    from isa_demo.app.inputs import InputError
+
+    alone = service.compose(example["image"], "make the circle red", "isa", TINY_BACKBONE, 5, explain=False)
+    calls = {"n": 0}
+    m = service.catalogue.get_method(service.catalogue.resolve("isa", TINY_BACKBONE))
+    real = m.encode_reference
+    gate = threading.Event()
+
+    def counted(images):
+        calls["n"] += 1
+        gate.wait(5)  # the first batch waits until every query has arrived
+        return real(images)
+
+    m.encode_reference = counted
+    results, errors = [None] * 6, []
+
+    def ask(i):
+        try:
+            results[i] = service.compose(example["image"], "make the circle red" if i != 3 else " ", "isa",
+                                         TINY_BACKBONE, 5, explain=False)
+        except InputError as e:
+            errors.append(str(e))
+
+    try:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        import time
+
+        time.sleep(1.0)
+        gate.set()
+        for t in threads:
+            t.join(30)
+    finally:
+        m.encode_reference = real
+    assert errors == ["the modifier text is empty: type what should change, e.g. 'make the circle red'"]
+    done = [r for r in results if r is not None]
+    assert len(done) == 5 and calls["n"] <= 2 and max(r.batch_size for r in done) >= 4
+    for r in done:
+        assert r.ids == alone.ids
+        np.testing.assert_allclose(r.scores, alone.scores, atol=1e-5)
+
+
+def test_batcher_runs_a_failed_batch_one_by_one():
+    """A batch that fails as a whole is run query by query: the bad query gets its own error, the
+    others their results."""
+    import threading
+    import time
+
+    import torch
+
+    from isa_demo.app.batching import QueryBatcher
+    from isa_demo.methods.base import Reference
+
+    gate = threading.Event()
+
+    class Fake:
+        uses_image, timing_stages = True, ("query_image_encoder", "text_encoder")
+
+        def encode_reference(self, images):
+            gate.wait(5)
+            if "bad" in images:
+                raise ValueError("a bad image in the batch")
+            return Reference(features=torch.ones(len(images), 4))
+
+        def compose(self, ref, texts):
+            return torch.ones(len(texts), 4)
+
+    b = QueryBatcher(lambda q, k: (np.zeros((len(q), k)), np.tile(np.arange(k), (len(q), 1))), max_batch=8)
+    out, errors = {}, {}
+
+    def ask(i, image):
+        try:
+            out[i] = b.run("fake", Fake(), image, "text", 3)
+        except ValueError as e:
+            errors[i] = str(e)
+
+    threads = [threading.Thread(target=ask, args=(i, "bad" if i == 2 else f"img{i}")) for i in range(5)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert errors == {2: "a bad image in the batch"} and sorted(out) == [0, 1, 3, 4]
+    assert all(o.ids.tolist() == [[0, 1, 2]] for o in out.values())
+    assert b.queries >= 4

@@ -58,6 +58,11 @@ def incompatibility(v: Variant, vl) -> str | None:
     return identity_mismatch(saved, vl.identity(), made="trained for") if saved else None
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    """A name the user sent, quoted and cut to ``limit`` characters (a message never echoes 100 kB)."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 class Catalogue:
     """The variants offered for ``vl`` (``variants``), the ones it cannot serve and why
     (``unavailable``), and their loaded methods (cached; loading is thread-safe)."""
@@ -98,14 +103,21 @@ class Catalogue:
 
     def resolve(self, method: str | None, backbone: str | None = None) -> Variant:
         """The variant for a (method, backbone) choice; ``backbone`` is ignored by non-ISA methods."""
+        if method is not None and not isinstance(method, str):
+            raise InputError(f"the method must be a name, one of {', '.join(self.method_choices())}; "
+                             f"got a {type(method).__name__}")
+        if backbone is not None and not isinstance(backbone, str):
+            raise InputError(f"the backbone must be a name or null; got a {type(backbone).__name__}")
         method = (method or "").strip()
+        if not method:
+            raise InputError(f"no method chosen; choose one of {', '.join(self.method_choices())}")
         cands = [v for v in self.variants if v.label == method]
         missing = {v.backbone_label: why for v, why in self.unavailable.items() if v.label == method}
         if not cands:
             if missing:
                 why = missing.get(backbone) or next(iter(missing.values()))
-                raise InputError(f"method {method!r} is not available with this VL model: {why}")
-            raise InputError(f"unknown method {method!r}; choose one of {', '.join(self.method_choices())}")
+                raise InputError(f"method {_shown(method)} is not available with this VL model: {why}")
+            raise InputError(f"unknown method {_shown(method)}; choose one of {', '.join(self.method_choices())}")
         if len(cands) == 1 and not cands[0].backbone_label:
             return cands[0]
         want = backbone or self.default_backbone()
@@ -114,7 +126,7 @@ class Catalogue:
                 return v
         if want in missing:
             raise InputError(f"{method} {want} is not available with this VL model: {missing[want]}")
-        raise InputError(f"no shipped {method} model with backbone {want!r}; choose one of "
+        raise InputError(f"no shipped {method} model with backbone {_shown(want)}; choose one of "
                          f"{', '.join(v.backbone_label or '' for v in cands)}")
 
     def highlighted_backbone(self, method: str | None, backbone: str | None) -> str | None:

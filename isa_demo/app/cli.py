@@ -11,8 +11,19 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home fr
 from ..options import add_device_arg, add_vl_args, add_world_arg
 from ..settings import RESULTS_DIR
 
-DEFAULT_CONCURRENCY = 4
-MAX_UPLOAD = "25mb"
+DEFAULT_CONCURRENCY = 16
+DEFAULT_MAX_BATCH = 16
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_MAX_FILE_SIZE = "10mb"
+DEFAULT_CACHE_TTL = 900  # seconds an upload or other cached file is kept
+DEFAULT_CACHE_SWEEP = 300  # seconds between two sweeps of the cache
+
+
+def env_default(name: str, default, kind=str):
+    """``ISA_DEMO_{name}`` from the environment (a deployment's settings, e.g. a Space's variables),
+    else ``default``."""
+    value = os.environ.get(f"ISA_DEMO_{name}")
+    return default if value in (None, "") else kind(value)
 
 
 def add_app_args(p: argparse.ArgumentParser) -> None:
@@ -26,32 +37,55 @@ def add_app_args(p: argparse.ArgumentParser) -> None:
     add_vl_args(p, device=False)
     add_world_arg(p, help="built world for examples and the inspector")
     p.add_argument("--results", default=str(RESULTS_DIR), metavar="DIR", help="results tables (default: %(default)s)")
-    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                   help=f"queries run at once (queue default_concurrency_limit, default {DEFAULT_CONCURRENCY})")
-    p.add_argument("--max-queue", type=int, default=256, help="requests waiting at most (further ones are refused)")
+    limits = p.add_argument_group("limits for a public deployment (each also an ISA_DEMO_* environment variable)")
+    limits.add_argument("--concurrency", type=int, default=env_default("CONCURRENCY", DEFAULT_CONCURRENCY, int),
+                        help="queries handled at once (decoded in parallel, encoded and searched in batches); "
+                             "ISA_DEMO_CONCURRENCY (default %(default)s)")
+    limits.add_argument("--max-batch", type=int, default=env_default("MAX_BATCH", DEFAULT_MAX_BATCH, int),
+                        help="most queries whose encoders and search run as one batch; 1: no batching; "
+                             "ISA_DEMO_MAX_BATCH (default %(default)s)")
+    limits.add_argument("--max-queue", type=int, default=env_default("MAX_QUEUE", DEFAULT_MAX_QUEUE, int),
+                        help="requests waiting at most; further ones are refused with 'the server is busy ... retry' "
+                             "(HTTP 503); ISA_DEMO_MAX_QUEUE (default %(default)s)")
+    limits.add_argument("--max-file-size", default=env_default("MAX_FILE_SIZE", DEFAULT_MAX_FILE_SIZE),
+                        help="largest upload accepted, e.g. 10mb, 500kb; ISA_DEMO_MAX_FILE_SIZE (default %(default)s)")
+    limits.add_argument("--cache-ttl", type=int, default=env_default("CACHE_TTL", DEFAULT_CACHE_TTL, int),
+                        help="seconds an upload or other cached file is kept before it is deleted; 0: kept until the "
+                             "server stops; ISA_DEMO_CACHE_TTL (default %(default)s)")
+    limits.add_argument("--cache-sweep", type=int, default=env_default("CACHE_SWEEP", DEFAULT_CACHE_SWEEP, int),
+                        help="seconds between two deletions of expired cached files; ISA_DEMO_CACHE_SWEEP "
+                             "(default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     add_device_arg(p)
 
 
-def build_demo(service, concurrency: int = DEFAULT_CONCURRENCY, max_queue: int = 256):
+def delete_cache_setting(ttl: int, sweep: int) -> tuple[int, int] | None:
+    """gradio's ``delete_cache=(every, older than)`` in seconds, or None (``ttl`` 0: no sweep)."""
+    if not ttl or ttl <= 0:
+        return None
+    return max(1, min(int(sweep), int(ttl))), int(ttl)
+
+
+def build_demo(service, concurrency: int = DEFAULT_CONCURRENCY, max_queue: int = DEFAULT_MAX_QUEUE,
+               delete_cache: tuple[int, int] | None = (DEFAULT_CACHE_SWEEP, DEFAULT_CACHE_TTL)):
     import gradio as gr
 
     from .ui import build_ui
 
-    demo = build_ui(service)
-    demo.queue(default_concurrency_limit=max(1, int(concurrency)), max_size=max_queue)
+    demo = build_ui(service, delete_cache=delete_cache)
+    demo.queue(default_concurrency_limit=max(1, int(concurrency)), max_size=max(1, int(max_queue)))
     gr.set_static_paths(service.allowed_paths())  # served in place, never copied into the cache
     return demo
 
 
 def launch(demo, service, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
-           block: bool = True, quiet: bool = False):
+           block: bool = True, quiet: bool = False, max_file_size: str | int = DEFAULT_MAX_FILE_SIZE):
     """Start the server; serves files only from the gallery, the world's test images and the
     app's own assets (``service.allowed_paths()``)."""
     from .ui import CSS, PAGE_JS
 
     return demo.launch(server_name=host, server_port=port, share=share, allowed_paths=service.allowed_paths(),
-                       max_file_size=MAX_UPLOAD, show_error=False, prevent_thread_lock=not block, quiet=quiet,
+                       max_file_size=max_file_size, show_error=False, prevent_thread_lock=not block, quiet=quiet,
                        css=CSS, js=PAGE_JS, footer_links=["api"], ssr_mode=False, run_history=False)
 
 
@@ -80,12 +114,12 @@ def serve(args) -> int:
     print("loading the VL model and the gallery ...", file=sys.stderr)
     # a missing checkpoint / index / incompatible model is a UserError: isa_demo.cli.run says it in one line
     service = load_service(args.vl_model, args.vl_pretrained, args.index, args.world, args.results,
-                           device=args.device)
+                           device=args.device, max_batch=args.max_batch)
     service.catalogue.warm_up()
-    demo = build_demo(service, args.concurrency, args.max_queue)
+    demo = build_demo(service, args.concurrency, args.max_queue, delete_cache_setting(args.cache_ttl, args.cache_sweep))
     print(f"ready in {time.perf_counter() - t0:.1f} s: {len(service.gallery):,} gallery images, methods "
           f"{', '.join(service.catalogue.method_choices())}", file=sys.stderr)
-    launch(demo, service, args.host, args.port, args.share, block=True)
+    launch(demo, service, args.host, args.port, args.share, block=True, max_file_size=args.max_file_size)
     return 0
 
 

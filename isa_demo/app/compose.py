@@ -10,6 +10,9 @@ Timings (``ComposeResult.timings_ms``), wall clock with ``time.perf_counter`` ar
   masked-pair methods; one name for both stages otherwise: ``query_image_encoder_ms`` for the
   image-only baseline, ``text_encoder_ms`` for text-only, ``query_encoders_ms`` for the sum.
 - ``search_ms``: the faiss inner-product search of the gallery (plus dropping the reference).
+- ``batch_wait_ms``: how long the query waited for its batch to start. Concurrent queries of one
+  method are encoded and searched as one batch (:mod:`isa_demo.app.batching`); the encoder and
+  search times are then the batch's, and ``timing_note`` / ``batch_size`` say so.
 - ``total_ms``: the whole compose call (input checks, decode, encoders, search), not the
   explanation, which is timed as ``explain_ms`` and is extra work for the demo's side panels:
   it reads the pseudo words and attention maps the query already computed, it does not run the
@@ -30,6 +33,7 @@ import torch
 
 from ..common import ImageError
 from ..methods import QueryError
+from .batching import QueryBatcher
 from .catalogue import Catalogue
 from .inputs import InputError, ModifierCheck, describe_image_source, is_pathlike, load_reference
 
@@ -61,6 +65,7 @@ class ComposeResult:
     excluded_ids: list[int] = field(default_factory=list)
     reference: Any = None  # the decoded RGB reference (for overlays), not serialized
     query: Any = None  # the query features (1, D), not serialized: ranks beyond the top-K (compare)
+    batch_size: int = 1  # how many concurrent queries were encoded and searched together with this one
 
     @property
     def ids(self) -> list[int]:
@@ -77,7 +82,7 @@ class ComposeResult:
                 "ids": self.ids, "names": [h.name for h in self.hits], "scores": [round(s, 6) for s in self.scores],
                 "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()}, "timing_note": self.timing_note,
                 "notices": list(self.notices), "excluded_reference_ids": list(self.excluded_ids),
-                "pseudo_words": ex.get("pseudo_words"), "prompt": ex.get("prompt")}
+                "pseudo_words": ex.get("pseudo_words"), "prompt": ex.get("prompt"), "batch_size": self.batch_size}
 
 
 def _ms(t0: float) -> float:
@@ -109,10 +114,11 @@ def check_k(k, maximum: int = MAX_K) -> int:
 class Composer:
     """Composed queries over one gallery with the methods of one :class:`Catalogue`."""
 
-    def __init__(self, vl, gallery, catalogue: Catalogue):
+    def __init__(self, vl, gallery, catalogue: Catalogue, max_batch: int = 16):
         self.vl = vl
         self.gallery = gallery
         self.catalogue = catalogue
+        self.batcher = QueryBatcher(gallery.search, max_batch)
         self.modifiers = ModifierCheck(vl)
         self._sha_to_ids: dict[str, list[int]] | None = None
 
@@ -150,24 +156,20 @@ class Composer:
             if text:
                 notices.append(f"{v.label} ignores the modifier")
 
-        stages = m.timing_stages
         try:
-            with torch.inference_mode():
-                t = time.perf_counter()
-                ref = m.encode_reference([img] if m.uses_image else None)
-                if len(stages) > 1:
-                    timings[f"{stages[0]}_ms"] = _ms(t)
-                    t = time.perf_counter()
-                q = m.compose(ref, [text])
-                timings[f"{stages[-1]}_ms"] = _ms(t)
+            out = self.batcher.run(v, m, img, text, k + len(excluded))
         except (QueryError, ImageError) as e:
             raise InputError(str(e)) from None
+        stages = m.timing_stages
         how = ("image and text encoders timed separately (encode_reference, compose)" if len(stages) > 1 else
                "the method's encode_reference and compose timed as a whole")
-
-        t = time.perf_counter()
-        hits = self.search(q, k, exclude=excluded)
-        timings["search_ms"] = _ms(t)
+        if out.batch_size > 1:
+            how += (f"; run as one batch with {out.batch_size - 1} other concurrent "
+                    f"quer{'y' if out.batch_size == 2 else 'ies'}: encoder and search times are the batch's")
+        timings["batch_wait_ms"] = out.wait_ms
+        timings.update(out.stage_ms)
+        ref, q = out.ref, out.query
+        hits = self.hits(out.scores, out.ids, k, exclude=excluded)
         timings["total_ms"] = _ms(t_start)
 
         explanation = {}
@@ -175,7 +177,7 @@ class Composer:
             t = time.perf_counter()
             try:
                 with torch.inference_mode():
-                    explanation = m.explain_reference(ref, text, 0)
+                    explanation = m.explain_reference(ref, text, out.index)
             except Exception as e:  # the side panel must never break a query; the log gets the details
                 log.warning("explanation failed for %s: %s", v.display, e, exc_info=True)
                 explanation = {"error": f"{type(e).__name__}: {e}"}
@@ -183,14 +185,19 @@ class Composer:
                 timings["explain_ms"] = _ms(t)
         return ComposeResult(v.label, v.backbone_label, text, hits, timings,
                              how + f"; search: faiss inner product over {len(self.gallery):,} images", notices,
-                             explanation or {}, excluded, img, q)
+                             explanation or {}, excluded, img, q, out.batch_size)
 
     def search(self, q, k: int, exclude: Sequence[int] = ()) -> list[Hit]:
+        """The top ``k`` gallery hits for query features ``(1, D)``, ``exclude`` left out."""
         q = q.detach().cpu().numpy() if isinstance(q, torch.Tensor) else np.asarray(q)
         scores, ids = self.gallery.search(q, int(k) + len(exclude))
+        return self.hits(scores, ids, k, exclude)
+
+    def hits(self, scores, ids, k: int, exclude: Sequence[int] = ()) -> list[Hit]:
+        """The first ``k`` results of one searched row, ``exclude`` left out."""
         drop = set(int(i) for i in exclude)
         hits = []
-        for s, i in zip(scores[0].tolist(), ids[0].tolist()):
+        for s, i in zip(np.asarray(scores)[0].tolist(), np.asarray(ids)[0].tolist()):
             if i < 0 or i in drop:
                 continue
             path = self.gallery.path_of(i)

@@ -73,6 +73,9 @@ def load_reference(image) -> Any:
         raise InputError("no reference image: upload or paste one, or pick an example image")
     name = upload_name(image)
     name = f" (“{name}”)" if name else ""
+    if is_pathlike(image) and not os.path.exists(image):
+        raise InputError(f"the reference image{name} is no longer on the server (uploads are deleted after a while); "
+                         f"upload it again")
     try:
         with warnings.catch_warnings():  # load_image refuses such images itself, with a message
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

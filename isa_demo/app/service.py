@@ -33,18 +33,20 @@ class DemoService:
     ``world``: an :class:`isa_demo.world.World` with the test split, for example references and
     the failure-case inspector (None: those parts say they are unavailable). ``variants``:
     ``create_method`` argument dicts or :class:`Variant` values to offer (default: the shipped ones).
+    ``max_batch``: most concurrent queries encoded and searched as one batch
+    (:class:`isa_demo.app.batching.QueryBatcher`).
     """
 
     def __init__(self, vl, gallery, world=None, *, results_dir: str | os.PathLike = RESULTS_DIR,
                  variants: Sequence[dict | Variant] | None = None, world_split: str = WORLD_SPLIT,
-                 gallery_label: str = "gallery", method_factory: Callable | None = None):
+                 gallery_label: str = "gallery", method_factory: Callable | None = None, max_batch: int = 16):
         self.vl = vl
         self.gallery = gallery
         self.world = world
         self.world_split = world_split
         self.gallery_label = gallery_label
         self.catalogue = Catalogue(vl, variants, method_factory)
-        self.composer = Composer(vl, gallery, self.catalogue)
+        self.composer = Composer(vl, gallery, self.catalogue, max_batch)
         self.inspector = Inspector(world, self.catalogue, results_dir, world_split)
 
     # the two queries the HTTP API answers
@@ -98,7 +100,7 @@ class DemoService:
 # ---------------------------------------------------------------------------------------- loading
 def load_service(model: str | None = None, pretrained: str | None = BUILTIN_PRETRAINED, index: str | None = None,
                  world_dir: str | os.PathLike | None = WORLD_DIR, results_dir: str | os.PathLike = RESULTS_DIR,
-                 device: str | None = None, progress: Callable | None = None) -> DemoService:
+                 device: str | None = None, progress: Callable | None = None, max_batch: int = 16) -> DemoService:
     """Load the VL model and the gallery (the built-in world's test split unless ``index``)."""
     from ..vl import BUILTIN_NAME, load_vl
 
@@ -141,4 +143,4 @@ def load_service(model: str | None = None, pretrained: str | None = BUILTIN_PRET
                 world = w
         except Exception:
             world = None
-    return DemoService(vl, gallery, world, results_dir=results_dir, gallery_label=label)
+    return DemoService(vl, gallery, world, results_dir=results_dir, gallery_label=label, max_batch=max_batch)

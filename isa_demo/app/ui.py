@@ -40,6 +40,7 @@ from .widgets import (  # noqa: E402
     PAGE_JS,
     PRIVATE,  # noqa: E402
     Choices,
+    DemoBlocks,
     ReferenceImage,
     TopK,
     api_error,
@@ -52,7 +53,7 @@ from .widgets import (  # noqa: E402
     typed_k_js,
 )
 
-__all__ = ["CSS", "PAGE_JS", "ReferenceImage", "TopK", "build_ui", "guarded"]
+__all__ = ["CSS", "PAGE_JS", "DemoBlocks", "ReferenceImage", "TopK", "build_ui", "guarded"]
 
 log = logging.getLogger("isa_demo.app")
 
@@ -94,10 +95,12 @@ def _explain_outputs(result, name: str) -> tuple[str, list, str]:
 
 
 # ---------------------------------------------------------------------------------------- layout
-def build_ui(service: DemoService, title: str = TITLE) -> gr.Blocks:
+def build_ui(service: DemoService, title: str = TITLE, delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
+    """The page and the named endpoints; ``delete_cache``: gradio's ``(every seconds, older than
+    seconds)`` sweep of uploads and other cached files (None: kept for the life of the process)."""
     choices = Choices.of(service)
     info = service.describe()
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    with DemoBlocks(title=title, analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(
             f"## {title}\nA small query model turns the reference image into a *pseudo sentence*; the frozen "
             f"vision-language model reads “a photo of S that *modifier*” and the gallery "

@@ -108,18 +108,55 @@ def shown_k_js(elem_id: str) -> str:
 
 
 class ReferenceImage(gr.Image):
-    """``gr.Image`` whose preprocessing never raises: a file Pillow cannot open (corrupt,
-    truncated, a decompression bomb) is handed over as its upload path, so that the service can
-    say what is wrong with it instead of the UI showing a bare "Error"."""
+    """``gr.Image`` that hands a file Pillow cannot open (corrupt, truncated, a decompression
+    bomb) over as its upload path, so that the service can say what is wrong with it instead of
+    the UI showing a bare "Error"; and refuses a path that is neither an upload nor a file the
+    app serves (:func:`received_file`)."""
 
     is_template = True  # use the stock Image frontend
 
     def preprocess(self, payload):
+        path = getattr(payload, "path", None)
+        if path and not received_file(path):
+            raise gr.Error(NOT_RECEIVED, print_exception=False)
         try:
             return super().preprocess(payload)
         except Exception:
-            path = getattr(payload, "path", None)
             return str(path) if path else None
+
+
+NOT_RECEIVED = ("the reference image is not a file this server received: upload it first (POST /gradio_api/upload, "
+                "or gradio_client's handle_file) and send the path that upload answered")
+
+
+def received_file(path) -> bool:
+    """Whether ``path`` is an upload (under gradio's upload folder) or one of the files the app
+    serves in place (``gr.set_static_paths``: the gallery, the world's test images): the only
+    files a request may name. (Stock ``gr.Image`` opens any path a request names when the
+    request leaves out ``meta``; this one does not.)"""
+    from gradio.data_classes import _StaticFiles
+    from gradio.utils import get_upload_folder
+
+    try:
+        real = os.path.realpath(os.fspath(path))
+    except (TypeError, ValueError):
+        return False
+    for root in [get_upload_folder(), *_StaticFiles.all_paths]:
+        root = os.path.realpath(os.fspath(root))
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+class Choice(gr.Dropdown):
+    """``gr.Dropdown`` that hands its value over as given, for the service to accept or explain
+    (``unknown method 'x'; choose one of ...``), the same for the page and the API (the stock
+    dropdown answers a value outside its choices with its own message and a traceback in the log)."""
+
+    is_template = True  # use the stock Dropdown frontend
+
+    def preprocess(self, payload):
+        return payload
 
 
 class TopK(gr.Slider):
@@ -134,6 +171,73 @@ class TopK(gr.Slider):
 
 
 # ---------------------------------------------------------------------------------------- errors
+FILE_INPUT = ('an uploaded file, {"path": PATH, "meta": {"_type": "gradio.FileData"}} with the PATH that '
+              'POST /gradio_api/upload answered (gradio_client: handle_file(path)), or null')
+
+
+class DemoBlocks(gr.Blocks):
+    """``gr.Blocks`` that answers a request whose inputs gradio itself cannot read (too few of them,
+    a reference that is not an uploaded file, a value of the wrong shape) with a message saying
+    which input and what it must be, and keeps the server log free of tracebacks for them (gradio
+    prints one for any exception in its input processing, and answers only "Error")."""
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call: bool = False):
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error as e:
+            e.print_exception = False
+            raise
+        except Exception as e:  # noqa: BLE001 - the request's inputs, not the server, are at fault
+            raise gr.Error(bad_input_message(block_fn, inputs, e), print_exception=False) from None
+
+    def queue(self, *args, **kwargs):
+        """``gr.Blocks.queue``; past ``max_size`` waiting requests a new one is refused with
+        :data:`BUSY` (HTTP 503) instead of gradio's "Queue is full. Max size is N and size is N."."""
+        super().queue(*args, **kwargs)
+        queue = self._queue
+        push = queue.push
+
+        async def push_or_busy(*a, **kw):
+            ok, detail, state = await push(*a, **kw)
+            if state == "queue_full":
+                detail = BUSY.format(waiting=len(queue), limit=queue.max_size)
+            return ok, detail, state
+
+        queue.push = push_or_busy
+        return self
+
+
+BUSY = ("the server is busy: {waiting} queries are already waiting (the limit is {limit}); nothing was run, "
+        "retry in a few seconds")
+
+
+def _input_label(block) -> str:
+    return str(getattr(block, "label", None) or getattr(block, "elem_id", None) or block.get_block_name())
+
+
+def bad_input_message(block_fn, inputs: list, error: Exception) -> str:
+    """Which input of an event gradio could not read, and what it must be (never a traceback)."""
+    from gradio.exceptions import InvalidPathError
+
+    name = f"/{block_fn.api_name}" if getattr(block_fn, "api_name", None) else "this request"
+    blocks = block_fn.inputs
+    if len(inputs) < len(blocks):
+        return (f"{name} takes {len(blocks)} inputs ({', '.join(_input_label(b) for b in blocks)}); "
+                f"got {len(inputs)}")
+    for i, (block, value) in enumerate(zip(blocks, inputs)):
+        model = getattr(block, "data_model", None)
+        if model is None or value is None:
+            continue
+        try:
+            model.model_validate(value)
+        except Exception:  # noqa: BLE001
+            return f"{name}: input {i + 1} ({_input_label(block)}) must be {FILE_INPUT}; got {type(value).__name__}"
+    if isinstance(error, InvalidPathError) or "not in the upload folder" in str(error) or "allowed" in str(error):
+        return (f"{name}: a file the server did not receive as an upload cannot be used; send "
+                f"{FILE_INPUT.removeprefix('an uploaded file, ')}")
+    return f"{name}: the inputs could not be read ({type(error).__name__}); see {name} in /gradio_api/info"
+
+
 def guarded(on_error: Callable[[str], object]):
     """Decorate a handler: a :class:`UserError` becomes ``on_error(its message)``; any other
     exception is logged with its traceback and becomes ``on_error(one line)``."""
@@ -217,8 +321,8 @@ class Choices:
         """A method dropdown and its backbone dropdown (enabled only while the method is ISA); each
         at least 230 px wide, so that a row of two wraps before a backbone's name is cut."""
         method = method or self.default_method
-        m = gr.Dropdown(self.methods, value=method, label=method_label, elem_id=method_id, min_width=230)
-        b = gr.Dropdown(self.backbones, value=backbone or self.default_backbone, label=backbone_label,
+        m = Choice(self.methods, value=method, label=method_label, elem_id=method_id, min_width=230)
+        b = Choice(self.backbones, value=backbone or self.default_backbone, label=backbone_label,
                         interactive=self.has_backbone(method), elem_id=backbone_id, min_width=230)
         m.change(lambda v: gr.update(interactive=self.has_backbone(v)), m, b, queue=False, **PRIVATE)
         return m, b

@@ -167,12 +167,9 @@ def _call(client, query, method, backbone, k):
     return (time.perf_counter() - t) * 1000.0, out
 
 
-def measure(url: str, queries: list[tuple[str, str]], clients: int, per_client: int, sequential: int, warmup: int,
-            method: str | None, backbone: str | None, k: int) -> tuple[list[dict], dict]:
-    from gradio_client import Client
-
-    client = Client(url, verbose=False)
-    info = client.predict(api_name="/variants")
+def default_choice(info: dict, method: str | None, backbone: str | None) -> tuple[str, str | None]:
+    """The method and backbone to measure, from the app's ``/variants``: ISA with the lightest
+    shipped backbone when it serves ISA, else ``sum``, else its first method."""
     if method is None:
         method = ("isa" if "isa" in info["methods"] and info["backbones"]
                   else "sum" if "sum" in info["methods"] else info["methods"][0])
@@ -180,6 +177,16 @@ def measure(url: str, queries: list[tuple[str, str]], clients: int, per_client: 
         from ..settings import LIGHTEST_BACKBONE as LIGHTEST
 
         backbone = LIGHTEST if LIGHTEST in info["backbones"] else info["backbones"][0]
+    return method, backbone
+
+
+def measure(url: str, queries: list[tuple[str, str]], clients: int, per_client: int, sequential: int, warmup: int,
+            method: str | None, backbone: str | None, k: int) -> tuple[list[dict], dict]:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    info = client.predict(api_name="/variants")
+    method, backbone = default_choice(info, method, backbone)
     http = HttpCompose(url)
     for i in range(warmup):
         http(queries[i % len(queries)], method, backbone, k)

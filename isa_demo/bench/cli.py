@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ("vl", "accuracy", "plots", "efficiency", "ablation", "precision", "explain", "index", "app", "prompts",
-              "report")
+BENCHMARKS = ("vl", "accuracy", "plots", "efficiency", "ablation", "precision", "explain", "index", "app", "load",
+              "prompts", "report")
 
 
 def register(sub) -> None:

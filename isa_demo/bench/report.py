@@ -60,6 +60,9 @@ TABLES = [
     ("Demo latency through the HTTP API (lightest backbone, built-in gallery)", "python -m isa_demo bench app",
      "app.csv", ["scenario", "method", "backbone", "clients", "queries", "errors", "p50_ms", "p99_ms",
                  "throughput_qps", "server_total_ms_p50", "cold_start_s"], 1),
+    ("Demo under sustained load (concurrent clients on loopback, lightest backbone)", "python -m isa_demo bench load",
+     "load.csv", ["round", "clients", "seconds", "queries", "errors", "throughput_qps", "p50_ms", "p99_ms",
+                  "batch_mean", "server_rss_mb", "rss_growth_pct", "cache_mb"], 1),
 ]
 
 

@@ -3,11 +3,14 @@
 Everything the benchmarks write under ``RESULTS_DIR`` (default ``assets/results``, see
 :mod:`isa_demo.settings`) and everything the app and ``bench report`` read goes through here::
 
-    {table}.csv + {table}.json   a results table and its provenance (command, machine, date):
-                                 :func:`write_table`; ``accuracy.csv`` / ``efficiency.csv`` are read
-                                 with :func:`load_accuracy` / :func:`load_efficiency`
+    {table}.csv + {table}.json   a results table and its provenance (command, machine, date) and
+                                 the table's sha256: :func:`write_table`; ``accuracy.csv`` /
+                                 ``efficiency.csv`` are read with :func:`load_accuracy` /
+                                 :func:`load_efficiency`, which refuse a table that no longer
+                                 matches its sha256 (:class:`isa_demo.errors.IntegrityError`)
     per_query/{tag}.parquet      one row per query of one evaluation (:func:`write_per_query`,
-                                 :func:`read_per_query`; the app's failure-case inspector reads it)
+    per_query/{tag}.sha256       :func:`read_per_query`, checked against its sha256 beside it; the
+                                 app's failure-case inspector reads it)
     metrics/{tag}.json           an evaluation's metrics, counts, identities and command
 
 ``tag`` is :func:`result_tag` ``{dataset}_{split}_{method}[_{backbone}]``.
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..common import atomic_path, write_json
+from ..common import atomic_path, file_sha256, verify_file, write_json, write_text
 from ..errors import UserError
 from ..settings import RESULTS_DIR
 
@@ -64,10 +67,16 @@ def write_per_query(df: pd.DataFrame, path: str | os.PathLike) -> Path:
                 flat[col] = flat[col].map(lambda v: json.dumps(list(v)))
         with atomic_path(path) as tmp:
             flat.to_csv(tmp, index=False)
-        return path
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False, engine="pyarrow")
+    else:
+        with atomic_path(path) as tmp:
+            df.to_parquet(tmp, index=False, engine="pyarrow")
+    write_text(checksum_path(path), file_sha256(path) + "\n")
     return path
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """``per_query/{tag}.sha256``: the sha256 of a per-query table (parquet or its CSV fallback)."""
+    return Path(path).with_suffix(".sha256")
 
 
 def read_per_query(path: str | os.PathLike) -> pd.DataFrame:
@@ -77,6 +86,8 @@ def read_per_query(path: str | os.PathLike) -> pd.DataFrame:
         path = path.with_suffix(".csv")
     if not path.exists():
         raise FileNotFoundError(f"no per-query table at {path}; run `python -m isa_demo eval ...` first")
+    sums = checksum_path(path)
+    verify_file(path, sums.read_text().strip() if sums.exists() else None, "per-query table")
     if path.suffix == ".csv":
         df = pd.read_csv(path)
         for col in LIST_COLUMNS:
@@ -93,7 +104,16 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
-    write_json(path.with_suffix(".json"), provenance(), indent=2)
+    write_json(path.with_suffix(".json"), {**provenance(), "sha256": file_sha256(path)}, indent=2)
+
+
+def table_checksum(path: str | os.PathLike) -> str | None:
+    """The sha256 a table's provenance sidecar recorded (None: none recorded, an older table)."""
+    sidecar = Path(path).with_suffix(".json")
+    try:
+        return json.loads(sidecar.read_text()).get("sha256") if sidecar.exists() else None
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def results_dir_for(vl_name: str, root: str | os.PathLike = RESULTS_DIR) -> Path:
@@ -119,6 +139,7 @@ def merge_rows(df: pd.DataFrame, path: str | os.PathLike, key: str) -> pd.DataFr
 def _read(path: Path, how: str) -> pd.DataFrame:
     if not path.exists():
         raise ResultsMissing(f"no {path.name} at {path}; run `{how}` first")
+    verify_file(path, table_checksum(path), "results table")
     return pd.read_csv(path)
 
 

@@ -9,6 +9,11 @@ Layout of an index directory::
                     width, height
     skipped.json    files that were not indexed, with the reason
 
+``meta.json`` carries ``checksums``: the sha256 of each of the other three files and of its own
+content (:func:`meta_digest`). Loading checks them all before reading anything else, so a
+damaged index (one flipped byte) is refused with a message instead of answering wrongly.
+Indexes written before the checksums load as they are (``info`` says so).
+
 Every write (build, add) writes a complete new directory next to the target and renames it into
 place, so an interrupted write leaves either the previous index or none, never a mixed one.
 """
@@ -26,6 +31,8 @@ from typing import Callable, Iterator
 import faiss
 import numpy as np
 
+from ..common import file_sha256
+from ..errors import IntegrityError
 from ..vl.model import describe_identity, same_model
 from . import ann
 from .encode import IMAGE_EXTENSIONS, Encoded, GalleryError, encode_files, scan_folder
@@ -33,10 +40,15 @@ from .encode import IMAGE_EXTENSIONS, Encoded, GalleryError, encode_files, scan_
 FORMAT = "isa-demo-gallery"
 VERSION = 1
 META, INDEX, MANIFEST, SKIPPED = "meta.json", "index.faiss", "manifest.jsonl", "skipped.json"
+CHECKSUMS = "checksums"
 
 
 class GalleryIdentityError(GalleryError):
     """The index was built with another VL model than the one asking."""
+
+
+class GalleryIntegrityError(GalleryError, IntegrityError):
+    """A file of the index no longer matches the checksum in its meta.json."""
 
 
 def _now() -> str:
@@ -104,6 +116,7 @@ class GalleryIndex:
         self.records = records
         self.meta = meta
         self.skipped = skipped or []
+        self.checksummed = True  # False: loaded from an index written before meta.json had checksums
         ann.set_search_params(index, meta.get("search_params", ""))
 
     # ------------------------------------------------------------------ properties
@@ -148,12 +161,15 @@ class GalleryIndex:
         """Write the whole index directory atomically (replacing a previous version)."""
         check_target(self.path, overwrite)
         self.meta["count"] = len(self)
+        self.meta.pop(CHECKSUMS, None)
         with atomic_dir(self.path) as tmp:
             faiss.write_index(self.index, str(tmp / INDEX))
             with open(tmp / MANIFEST, "w") as f:
                 f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
             (tmp / SKIPPED).write_text(json.dumps(self.skipped, indent=1))
-            (tmp / META).write_text(json.dumps(self.meta, indent=2))
+            sums = {name: file_sha256(tmp / name) for name in (INDEX, MANIFEST, SKIPPED)}
+            sums[META] = meta_digest(self.meta)
+            (tmp / META).write_text(json.dumps({**self.meta, CHECKSUMS: sums}, indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_identity: dict | None = None) -> "GalleryIndex":
@@ -167,21 +183,36 @@ class GalleryIndex:
                 hint = f"a write was interrupted; its complete new version is {done[0]} (rename it to {path})"
             raise GalleryError(f"cannot load gallery index {path}: {hint}; build one with "
                                f"`python -m isa_demo index build --images DIR --out {path}`")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise GalleryError(f"gallery index {path} is damaged: {META} cannot be read ({e}); rebuild it with "
+                               f"`python -m isa_demo index build --images DIR --out {path} --force`") from None
+        sums = meta.pop(CHECKSUMS, None)
+        if sums is not None:
+            _verify(path, meta, sums)
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise GalleryError(f"{path} is not a version-{VERSION} {FORMAT} index "
                                f"(format={meta.get('format')!r}, version={meta.get('version')!r})")
         if expected_identity is not None:
             check_identity(meta["model"], expected_identity, path)
-        index = faiss.read_index(str(path / INDEX))
-        with open(path / MANIFEST) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        try:
+            index = faiss.read_index(str(path / INDEX))
+            with open(path / MANIFEST, encoding="utf-8") as f:
+                records = [json.loads(line) for line in f if line.strip()]
+            skipped = json.loads((path / SKIPPED).read_text()) if (path / SKIPPED).exists() else []
+        except (RuntimeError, ValueError, OSError) as e:  # faiss, JSON, a missing file
+            raise GalleryError(f"gallery index {path} is damaged ({str(e).splitlines()[0][:200]}); rebuild it with "
+                               f"`python -m isa_demo index build --images DIR --out {path} --force`") from None
         if not (index.ntotal == len(records) == meta["count"]) or index.d != meta["dim"]:
             raise GalleryError(f"gallery index {path} is inconsistent: faiss holds {index.ntotal} x {index.d}, the "
                                f"manifest {len(records)} rows, meta.json says {meta['count']} x {meta['dim']}; "
                                f"rebuild it")
-        skipped = json.loads((path / SKIPPED).read_text()) if (path / SKIPPED).exists() else []
-        return cls(path, index, records, meta, skipped)
+        g = cls(path, index, records, meta, skipped)
+        g.checksummed = sums is not None
+        return g
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -284,11 +315,36 @@ class GalleryIndex:
         lines += [f"  model      {describe_identity(m['model'])}",
                   f"  created    {m['created']}",
                   f"  updated    {m['updated']}",
-                  f"  skipped    {len(self.skipped)} file(s){' (see ' + SKIPPED + ')' if self.skipped else ''}"]
+                  f"  skipped    {len(self.skipped)} file(s){' (see ' + SKIPPED + ')' if self.skipped else ''}",
+                  "  checksums  " + ("verified on load" if self.checksummed else
+                                     "none (written before checksums; add them by rebuilding it)")]
         for s in m.get("sources", []):
             lines.append(f"  source     {s['images']}: +{s['added']} on {s['date']} "
                          f"({s['skipped']} skipped, {s.get('already_indexed', 0)} already indexed)")
         return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- integrity
+def meta_digest(meta: dict) -> str:
+    """sha256 of meta.json's content (without its checksums), independent of its layout."""
+    import hashlib
+
+    body = {k: v for k, v in meta.items() if k != CHECKSUMS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _verify(path: Path, meta: dict, sums: dict) -> None:
+    """Refuse an index whose files are not the ones its meta.json was written with."""
+    rebuild = f"rebuild it with `python -m isa_demo index build --images DIR --out {path} --force`"
+    if not isinstance(sums, dict) or sums.get(META) != meta_digest(meta):
+        raise GalleryIntegrityError(f"gallery index {path} is damaged: {META} does not match its own checksum; "
+                                    f"it was not used; {rebuild}")
+    for name in (INDEX, MANIFEST, SKIPPED):
+        if not (path / name).exists():
+            raise GalleryError(f"gallery index {path} is incomplete: {name} is missing; {rebuild}")
+        if file_sha256(path / name) != sums.get(name):
+            raise GalleryIntegrityError(f"gallery index {path} is damaged: {name} does not match the checksum in "
+                                        f"{META}; it was not used; {rebuild}")
 
 
 # ---------------------------------------------------------------------- helpers

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..common import atomic_path, read_metadata
+from ..common import load_checkpoint, read_metadata, save_checkpoint
 from ..errors import CheckpointError
 from ..settings import REPO as ROOT
 from ..settings import checkpoint_dir
@@ -61,39 +61,35 @@ class Phi(nn.Module):
 
 def save_phi(path: str | os.PathLike, phi: Phi, vl_identity: dict, facts: dict) -> Path:
     """Write ``phi`` as fp16 safetensors with the metadata record (atomically)."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().half().contiguous() for k, v in phi.state_dict().items()}
     meta = {"format": FORMAT, "config": json.dumps(phi.config), "vl": json.dumps(vl_identity, sort_keys=True),
             **{k: v if isinstance(v, str) else json.dumps(v) for k, v in facts.items()}}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return Path(path)
+    return save_checkpoint(state, path, meta)
 
 
 def load_phi(path: str | os.PathLike, vl, device: str | None = None) -> tuple[Phi, dict]:
     """Load a checkpoint for ``vl``; refuse one trained for another VL model (names both)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.exists() and not path.is_absolute() and (ROOT / path).exists():
         path = ROOT / path  # repo-relative, as shipped_variants() names them
     if not path.exists():
         raise CheckpointError(f"masked-ti checkpoint not found: {path}; train one with "
                               f"`python -m isa_demo train masked-ti` (see --help)")
-    meta = read_metadata(path)
+    state, meta = load_checkpoint(path)  # refuses a damaged file before anything is read from it
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an isa-demo masked-ti / single-token checkpoint")
-    why = identity_mismatch(json.loads(meta["vl"]), vl.identity())
+    try:
+        saved_vl, cfg = json.loads(meta["vl"]), json.loads(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path.name} is damaged: its metadata cannot be read ({e})") from None
+    why = identity_mismatch(saved_vl, vl.identity())
     if why:
         raise CheckpointError(f"{path.name} {why}. Retrain it for this VL model with "
                               f"`python -m isa_demo train masked-ti`.")
-    cfg = json.loads(meta["config"])
     if cfg["embed_dim"] != vl.embed_dim or cfg["word_dim"] != vl.word_dim:
         raise CheckpointError(f"{path.name}: Phi maps {cfg['embed_dim']} -> {cfg['word_dim']}, the VL model needs "
                               f"{vl.embed_dim} -> {vl.word_dim}")
     phi = Phi(cfg["embed_dim"], cfg["word_dim"], cfg["hidden"], cfg["dropout"])
-    state = load_file(str(path))
     phi.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return phi.to(device or vl.device).eval(), meta
 

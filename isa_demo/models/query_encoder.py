@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import WEIGHTS, atomic_path, load_image, pack_state, read_metadata, unpack_state
+from ..common import WEIGHTS, load_checkpoint, load_image, pack_state, save_checkpoint, unpack_state
 from ..errors import CheckpointError
 from ..settings import checkpoint_dir
 from ..vl.model import identity_mismatch
@@ -96,38 +96,36 @@ class QueryEncoder(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | os.PathLike, vl_identity: dict, extra: dict | None = None) -> None:
-        from safetensors.torch import save_file
-
         state = pack_state(self.state_dict())
         meta = {"format": FORMAT, "config": json.dumps(asdict(self.cfg)), "vl": json.dumps(vl_identity, sort_keys=True),
                 "weights": WEIGHTS, **{k: str(v) for k, v in (extra or {}).items()}}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata=meta)
+        save_checkpoint(state, path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, vl, backbone: str | None = None, num_tokens: int | None = None,
              device: str | None = None) -> "QueryEncoder":
         """Load a checkpoint for ``vl``; refuse one made for another VL model, backbone or L."""
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not path.exists():
             raise CheckpointError(f"query-encoder checkpoint not found: {path}")
-        meta = read_metadata(path)
+        state, meta = load_checkpoint(path)  # refuses a damaged file before anything is read from it
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not an isa-demo query-encoder checkpoint")
-        cfg = EncoderConfig(**json.loads(meta["config"]))
+        try:
+            cfg = EncoderConfig(**json.loads(meta["config"]))
+            saved_vl = json.loads(meta["vl"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path.name} is damaged: its metadata cannot be read ({e})") from None
         if backbone is not None and cfg.backbone != backbone:
             raise CheckpointError(f"{path.name}: expected a checkpoint for backbone {backbone!r}, "
                                   f"found {cfg.backbone!r}")
         if num_tokens is not None and cfg.num_tokens != num_tokens:
             raise CheckpointError(f"{path.name}: expected L={num_tokens} pseudo tokens, found L={cfg.num_tokens}")
-        why = identity_mismatch(json.loads(meta["vl"]), vl.identity())
+        why = identity_mismatch(saved_vl, vl.identity())
         if why:
             raise CheckpointError(f"{path.name} {why}; retrain it for this VL model with "
                                   f"`python -m isa_demo train isa --backbone {cfg.backbone}`")
         enc = cls(cfg, vl=vl, imagenet_init=False)
-        state = load_file(str(path))
         enc.load_state_dict(unpack_state(state), strict=True)
         enc.meta = meta
         return enc.to(device or vl.device).eval()

@@ -18,6 +18,7 @@ VL_HELP = {
                   "0: the CLIP loss alone",
     "init": "start from this checkpoint's weights instead of random ones (fine-tuning)",
     "precision": "autocast precision: auto (bf16 where the hardware has it), bf16, fp16 (CUDA), fp32",
+    "save_every": "steps between two saves of the resumable state (a killed run resumes from the last one)",
 }
 ISA_HELP = {
     "num_tokens": "pseudo-sentence length L",
@@ -27,6 +28,7 @@ ISA_HELP = {
     "images": "number of unlabeled train images used",
     "image_size": "light backbone input size (the world's images are 128 px, the VL tower sees 96 px)",
     "seed": "random seed", "precision": "autocast precision: auto (bf16 where the hardware has it), bf16, fp16, fp32",
+    "save_every": VL_HELP["save_every"],
 }
 MASKED_TI_HELP = {
     "tau": "CAM threshold: pixels above it are masked", "w_qt": "query-target loss weight (0: single-token)",
@@ -43,7 +45,7 @@ MASKED_TI_HELP = {
     "cam_text": "name the noun phrase ('a photo of a large red star') or the noun alone in the CAM text",
     "seed": "random seed",
     "name": "checkpoint name (default from the settings: masked-ti, masked-ti-tau0.2, single-token, ...)",
-    "precision": ISA_HELP["precision"],
+    "precision": ISA_HELP["precision"], "save_every": VL_HELP["save_every"],
 }
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..common import atomic_path, default_device, pack_state
+from ..common import default_device, pack_state, save_checkpoint
 from ..settings import RUNS_DIR
 from ..vl.model import (
     TextParts,
@@ -66,7 +66,6 @@ def export_safetensors(model: torch.nn.Module, path: str | Path, name: str, extr
     same initialisation is the same model for every text it was trained on). Without it the whole
     table is stored as int8 rows. ``vocabulary``: the words it learned (explanations decode
     pseudo words into these only)."""
-    from safetensors.torch import save_file
 
     state = {}
     meta = {"model_name": name, "config": config_json(name), **{k: str(v) for k, v in extra.items()}}
@@ -80,8 +79,7 @@ def export_safetensors(model: torch.nn.Module, path: str | Path, name: str, extr
             state[k] = (v.half() if v.is_floating_point() else v).contiguous()
     if vocabulary is not None:
         meta["vocabulary"] = json.dumps(vocabulary)
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    save_checkpoint(state, path, meta)
 
 
 def parse_mix(mix: str) -> dict[str, float]:

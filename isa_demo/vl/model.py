@@ -28,7 +28,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from ..common import default_device, file_sha256, load_image, read_metadata, unpack_state
+from ..common import default_device, file_sha256, load_checkpoint, load_image, unpack_state
 from ..errors import VLLoadError
 from ..settings import BUILTIN_PRETRAINED, BUILTIN_VL, VL_ASSETS_DIR, parse_pretrained
 
@@ -383,10 +383,8 @@ def load_state_checked(model, path: str | os.PathLike, name: str) -> dict:
     path = str(path)
     meta = {}
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        meta = read_metadata(path)
-        state = unpack_state(load_file(path))  # the token embedding may be stored as int8 rows
+        state, meta = load_checkpoint(path)
+        state = unpack_state(state)  # the token embedding may be stored as int8 rows
         if "token_embedding_rows" in meta:  # only the trained rows are stored
             key = next(k for k in state if k.endswith("token_embedding.weight"))
             rows = torch.as_tensor(json.loads(meta["token_embedding_rows"]))
