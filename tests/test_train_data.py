@@ -2,39 +2,18 @@
 images with captions, bad input skipped and listed, the feature cache reused, the trained models
 evaluated through the Method interface, a folder indexed with the same VL model, and one compose
 served by the app's service."""
-import io
 import json
-import tarfile
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
-from helpers import TINY_BACKBONE
+from helpers import TINY_BACKBONE, photo, write_shards
 from isa_demo.cli import main
 from isa_demo.training.data import DataError, DataSpec, open_source
 from isa_demo.training.isa import train_isa
 from isa_demo.training.masked_ti import train_masked_ti
 from isa_demo.training.nouns import caption_problem
 from isa_demo.training.vl import export_safetensors
-
-COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "yellow": (230, 210, 40)}
-SHAPES = ("circle", "square")
-
-
-def _photo(i: int) -> tuple[bytes, str]:
-    """A small non-square JPEG 'photo' of one coloured shape, and its caption."""
-    rng = np.random.default_rng(i)
-    colour = list(COLOURS)[i % 4]
-    shape = SHAPES[(i // 4) % 2]
-    img = Image.fromarray(rng.integers(90, 160, (48, 64, 3), dtype=np.uint8))
-    draw = ImageDraw.Draw(img)
-    box = (10 + i % 20, 8, 40 + i % 20, 38)
-    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG")
-    return buf.getvalue(), f"a {colour} {shape} on a grey table"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +23,7 @@ def photos(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
     rows = []
     for i in range(24):
-        data, caption = _photo(i)
+        data, caption = photo(i)
         path = root / "imgs" / ("a" if i % 2 else "b") / f"{i:03d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -62,16 +41,7 @@ def photos(tmp_path_factory):
             "annotations": [{"id": 1000 + i, "image_id": i, "caption": cap} for i, (_, cap) in enumerate(rows)]
                            + [{"id": 2000, "image_id": 99, "caption": "a dog"}]}
     (root / "captions.json").write_text(json.dumps(coco))
-    shards = root / "shards"
-    shards.mkdir()
-    for s in range(3):
-        with tarfile.open(shards / f"{s:05d}.tar", "w") as tar:
-            for i in range(s * 8, s * 8 + 8):
-                data, caption = _photo(i)
-                for ext, payload in (("jpg", data), ("txt", caption.encode())):
-                    info = tarfile.TarInfo(f"{i:06d}.{ext}")
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
+    shards = write_shards(root / "shards", 3, 8)
     last = shards / "00002.tar"
     last.write_bytes(last.read_bytes()[:int(last.stat().st_size * 0.55)])  # cut short mid-way
     return root
@@ -207,7 +177,9 @@ def test_masked_ti_on_captions_index_and_app(photos, vl, vl_ckpt, tmp_path, monk
     s = load_service("isa-test-tiny", vl_ckpt, str(tmp_path / "index"), world_dir=None, results_dir=tmp_path)
     choices = s.catalogue.method_choices()
     assert "isa" in choices and "masked-ti [masked-ti-phrase--isa-test-tiny]" in choices
-    r = s.compose(str(photos / "imgs" / "a" / "001.jpg"), "make the circle blue", "isa", TINY_BACKBONE, k=3)
+    backbone = s.catalogue.backbone_choices("isa")[0]  # the backbone and the checkpoint's name
+    assert backbone == f"{TINY_BACKBONE} [{TINY_BACKBONE}_L2_none_2--isa-test-tiny]"
+    r = s.compose(str(photos / "imgs" / "a" / "001.jpg"), "make the circle blue", "isa", backbone, k=3)
     assert len(r.ids) == 3 and all(h.path.startswith(str(photos / "imgs")) for h in r.hits)
 
 
