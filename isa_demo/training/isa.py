@@ -73,10 +73,11 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
               images: int = 50000, image_size: int = 96, seed: int = 0, state_path: str | None = None,
               device: str | None = None,
               vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100,
-              precision: str = "auto", data: DataSpec | str | None = None) -> Path:
+              precision: str = "auto", data: DataSpec | str | None = None, vl=None) -> Path:
     """Train and export an ISA query encoder. ``data``: a folder / table / COCO JSON / WebDataset
     source (:mod:`isa_demo.training.data`) instead of the world's train images; run under torchrun
-    it trains data parallel (:mod:`isa_demo.training.distributed`)."""
+    it trains data parallel (:mod:`isa_demo.training.distributed`). ``vl``: a loaded VL model
+    (instead of ``vl_name``/``vl_pretrained``)."""
     check_backbone_name(backbone)
     if lar not in ("late", "vocab", "none"):
         raise ValueError(f"--lar must be late, vocab or none, not {lar!r}")
@@ -85,7 +86,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     device = d.device if data else (device or default_device())
     precision = amp.resolve(precision, device, convolutional=backbone != SYMMETRIC)
     torch.manual_seed(seed)
-    vl = load_vl(vl_name, vl_pretrained, device=device)
+    vl = vl if vl is not None else load_vl(vl_name, vl_pretrained, device=device)
     enc = QueryEncoder(EncoderConfig(backbone=backbone, num_tokens=num_tokens, word_dim=vl.word_dim,
                                      image_size=image_size), vl=vl).to(device)
     tag = f"{backbone}_L{num_tokens}_{lar}_{steps}"
