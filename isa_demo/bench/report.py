@@ -60,6 +60,9 @@ TABLES = [
     ("Demo latency through the HTTP API (lightest backbone, built-in gallery)", "python -m isa_demo bench app",
      "app.csv", ["scenario", "method", "backbone", "clients", "queries", "errors", "p50_ms", "p99_ms",
                  "throughput_qps", "server_total_ms_p50", "cold_start_s"], 1),
+    ("Training on real data: images per second (ViT-B-32-sized random weights, 224 px, the lightest backbone)",
+     "python -m isa_demo bench train-throughput", "train_throughput.csv",
+     ["device", "trainer", "stage", "images", "seconds", "images_per_s", "speedup_vs_cold"], 1),
 ]
 
 
