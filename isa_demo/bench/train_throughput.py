@@ -58,7 +58,7 @@ def _times(path) -> tuple[float, float, int]:
     return float(m["features_seconds"]), float(m["train_seconds"]), int(m["train_images"])
 
 
-def bench_train_throughput(images: int = 512, steps: int = 20, batch_size: int = 64, image_size: int = 224,
+def bench_train_throughput(images: int = 256, steps: int = 10, batch_size: int = 64, image_size: int = 224,
                            vl_model: str = "ViT-B-32", devices: list[str] | None = None, workers: int = 2,
                            masked: bool = True) -> pd.DataFrame:
     import torch
@@ -115,8 +115,8 @@ def bench_train_throughput(images: int = 512, steps: int = 20, batch_size: int =
 def register(sub) -> None:
     p = sub.add_parser("train-throughput", help="images/s of train isa (cold and warm feature cache) and masked-ti",
                        description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=512, help="generated photos (default %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="training steps per run (default %(default)s)")
+    p.add_argument("--images", type=int, default=256, help="generated photos (default %(default)s)")
+    p.add_argument("--steps", type=int, default=10, help="training steps per run (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default %(default)s)")
     p.add_argument("--image-size", type=int, default=224, help="light backbone input size (default %(default)s)")
     p.add_argument("--vl-model", default="ViT-B-32", help="open_clip model, random weights (default %(default)s)")
