@@ -111,3 +111,43 @@ def serve(service: DemoService, concurrency: int = 2):
     port = free_port()
     launch(demo, service, "127.0.0.1", port, block=False, quiet=True)
     return demo, f"http://127.0.0.1:{port}/"
+
+
+SHAPE_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "yellow": (230, 210, 40)}
+
+
+def photo(i: int) -> tuple[bytes, str]:
+    """A small non-square JPEG 'photo' of one coloured shape (drawn from seed ``i``) and its caption."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(i)
+    colour = list(SHAPE_COLOURS)[i % 4]
+    shape = ("circle", "square")[(i // 4) % 2]
+    img = Image.fromarray(rng.integers(90, 160, (48, 64, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(img)
+    box = (10 + i % 20, 8, 40 + i % 20, 38)
+    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=SHAPE_COLOURS[colour])
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG")
+    return buf.getvalue(), f"a {colour} {shape} on a grey table"
+
+
+def write_shards(folder: str | os.PathLike, shards: int, per_shard: int) -> Path:
+    """WebDataset shards ``00000.tar ...`` of :func:`photo` images (``jpg``) and captions (``txt``)."""
+    import io
+    import tarfile
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for i in range(s * per_shard, (s + 1) * per_shard):
+                data, caption = photo(i)
+                for ext, payload in (("jpg", data), ("txt", caption.encode())):
+                    info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return folder

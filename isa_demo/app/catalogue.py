@@ -68,13 +68,15 @@ class Catalogue:
     (``unavailable``), and their loaded methods (cached; loading is thread-safe)."""
 
     def __init__(self, vl, variants: Sequence[dict | Variant] | None = None, method_factory: Callable | None = None):
-        from ..methods import shipped_variants
+        from ..methods import shipped_variants, trained_variants
 
         self.vl = vl
         self._create = method_factory or create_method
         self.variants: list[Variant] = []
         self.unavailable: dict[Variant, str] = {}
-        for v in build_variants(shipped_variants(vl.name) if variants is None else variants):
+        if variants is None:  # the shipped ones, then those trained here for this VL model (train isa --data ...)
+            variants = shipped_variants(vl.name) + trained_variants(vl.name)
+        for v in build_variants(variants):
             why = incompatibility(v, vl)
             if why:
                 self.unavailable[v] = why

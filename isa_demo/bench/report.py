@@ -63,6 +63,9 @@ TABLES = [
     ("Demo under sustained load (concurrent clients on loopback, lightest backbone)", "python -m isa_demo bench load",
      "load.csv", ["round", "clients", "seconds", "queries", "errors", "throughput_qps", "p50_ms", "p99_ms",
                   "batch_mean", "server_rss_mb", "rss_growth_pct", "cache_mb"], 1),
+    ("Training on real data: images per second (ViT-B-32-sized random weights, 224 px, the lightest backbone)",
+     "python -m isa_demo bench train-throughput", "train_throughput.csv",
+     ["device", "trainer", "stage", "images", "seconds", "images_per_s", "speedup_vs_cold"], 1),
 ]
 
 

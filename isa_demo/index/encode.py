@@ -74,28 +74,33 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        info: dict = {"i": i}
         try:
             data = self.paths[i].read_bytes()
         except OSError as e:
-            info["reason"] = f"cannot read file ({e.strerror or e})"
-            return info, None
-        if not data:
-            info["reason"] = "empty file (0 bytes)"
-            return info, None
-        info.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-        if info["sha256"] in self.known:
-            info["known"] = True
-            return info, None
-        try:
-            img = load_image(io.BytesIO(data))
-            info.update(width=img.width, height=img.height)
-            return info, self.transform(img)
-        except ImageError as e:
-            info["reason"] = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
-        except Exception as e:  # a decoder bug on a hostile file must not end the build
-            info["reason"] = f"could not decode ({type(e).__name__}: {e})"
+            return {"i": i, "reason": f"cannot read file ({e.strerror or e})"}, None
+        return decode_bytes(data, self.transform, {"i": i}, self.known)
+
+
+def decode_bytes(data: bytes, transform: Callable, info: dict, known: set[str] | frozenset = frozenset()):
+    """One file's bytes -> ``(info, transform(image) or None)``, the skip rules of every reader
+    (an index build, a training source): ``info`` gains ``sha256``/``bytes``/``width``/``height``, or
+    ``reason`` when the file cannot be used, or ``known`` when its content is in ``known``."""
+    if not data:
+        info["reason"] = "empty file (0 bytes)"
         return info, None
+    info.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    if info["sha256"] in known:
+        info["known"] = True
+        return info, None
+    try:
+        img = load_image(io.BytesIO(data))
+        info.update(width=img.width, height=img.height)
+        return info, transform(img)
+    except ImageError as e:
+        info["reason"] = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
+    except Exception as e:  # a decoder bug on a hostile file must not end the build
+        info["reason"] = f"could not decode ({type(e).__name__}: {e})"
+    return info, None
 
 
 def _collate(items):

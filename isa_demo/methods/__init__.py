@@ -59,5 +59,30 @@ def shipped_variants(vl_name: str | None = None) -> list[dict]:
     return out + masked_ti_variants(vl_name)
 
 
+def trained_variants(vl_name: str) -> list[dict]:
+    """The query models trained here for a VL model other than a built-in one's shipped weights:
+    ``RUNS_DIR/{isa,masked-ti}/*--{vl_name}.safetensors`` (where ``train isa|masked-ti`` writes
+    them), newest first, as ``create_method`` arguments. Whether each one fits the loaded weights
+    is checked by whoever offers them (the app's catalogue names those that do not)."""
+    import json
+
+    from ..common import read_metadata
+    from ..settings import RUNS_DIR
+
+    out = []
+    for kind in ("isa", "masked-ti"):
+        files = sorted((RUNS_DIR / kind).glob(f"*--{vl_name}.safetensors"), key=lambda f: -f.stat().st_mtime)
+        for f in files:
+            try:
+                meta = read_metadata(f)
+            except Exception:  # not a checkpoint (or being written): not offered
+                continue
+            if kind == "isa":
+                out.append({"method": "isa", "backbone": json.loads(meta["config"])["backbone"], "checkpoint": str(f)})
+            else:
+                out.append({"method": meta.get("method", "masked-ti"), "backbone": None, "checkpoint": str(f)})
+    return out
+
+
 __all__ = ["METHODS", "PROMPT", "PROMPT_METHODS", "Method", "QueryError", "Reference", "Variant", "clean_modifier",
-           "create_method", "shipped_variants"]
+           "create_method", "shipped_variants", "trained_variants"]

@@ -69,11 +69,29 @@ class QueryEncoder(nn.Module):
 
     # ------------------------------------------------------------------ inputs
     def preprocess(self, images) -> torch.Tensor:
-        """PIL images / paths / arrays -> input batch (resized to the encoder's size)."""
+        """PIL images / paths / arrays -> input batch (:meth:`transform` of each)."""
         if self.backbone is None:
             return self.vl.images_to_tensor(images)
-        arr = np.stack([np.asarray(load_image(im).resize((self.cfg.image_size,) * 2, 3)) for im in images])
-        return self.uint8_to_tensor(arr)
+        tf = self.transform()
+        return torch.stack([tf(load_image(im)) for im in images]).to(self.mean.device)
+
+    def transform(self):
+        """One PIL image -> the backbone's input: timm's eval transform from the backbone's data
+        config, at the encoder's size, with its checkpoint's mean/std. ``crop_pct`` 1 (the shorter
+        side resized to the size, then the centre square: what the VL side sees of the image) and
+        bicubic interpolation (what the world trainer used), so that a square image gets exactly
+        what the world trainer's fast path gives it. The symmetric variant: the VL model's own."""
+        if self.backbone is None:
+            return self.vl.preprocess
+        if getattr(self, "_transform", None) is not None:
+            return self._transform
+        from timm.data import create_transform, resolve_data_config
+
+        cfg = resolve_data_config({}, model=self.backbone)
+        cfg.update(input_size=(3, self.cfg.image_size, self.cfg.image_size), crop_pct=1.0, interpolation="bicubic",
+                   mean=tuple(self.cfg.mean), std=tuple(self.cfg.std))
+        self._transform = create_transform(**cfg, is_training=False)
+        return self._transform
 
     def uint8_to_tensor(self, arr) -> torch.Tensor:
         if self.backbone is None:

@@ -2,7 +2,9 @@
 
 The VL model is frozen; its global and local image features of the training images are
 computed once and cached. Only the light backbone and the token learner learn. Composed
-triplets are never read: the data are the world's train images (their captions are unused).
+triplets are never read: the data are the world's train images (their captions are unused), or
+any folder / table / COCO file / WebDataset of images (``data``; see :mod:`isa_demo.training.data`),
+whose VL features are cached on disk by :mod:`isa_demo.training.featcache`.
 
 LAR options:
 - ``late``: late interaction between the sentence's token outputs ``h_l`` (text tower output at
@@ -29,6 +31,10 @@ from ..vl import load_vl
 from ..vl.model import world_vocabulary
 from ..world import World
 from . import precision as amp
+from .data import DataSpec, check_same_data, report_skipped
+from .distributed import SINGLE, average_gradients, barrier, batch_indices, setup
+from .featcache import cached_source_features
+from .loaders import file_batches, stream_batches
 from .losses import info_nce, lar_late, lar_vocab
 from .state import cosine_schedule, load_state, output_paths, save_state
 
@@ -55,25 +61,50 @@ def cached_vl_features(vl, world: World, n: int, batch_size: int = 128) -> tuple
     return out["global"], out["local"]
 
 
+def _world_batches(student, enc, n, start, steps, batch_size, seed):
+    """The world's batches: rows of the seeded permutation, the student's images from the world cache."""
+    for step in range(start, steps):
+        idx = np.sort(batch_indices(step, batch_size, n, seed))
+        yield idx, None if student is None else enc.uint8_to_tensor(np.ascontiguousarray(student[idx]))
+
+
 def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int = 4, steps: int = 4000,
               batch_size: int = 64, lr: float = 1e-3, lar: str = "none", lar_weight: float = 0.5, tau: float = 0.05,
               images: int = 50000, image_size: int = 96, seed: int = 0, state_path: str | None = None,
               device: str | None = None,
               vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100,
-              precision: str = "auto") -> Path:
+              precision: str = "auto", data: DataSpec | str | None = None, vl=None) -> Path:
+    """Train and export an ISA query encoder. ``data``: a folder / table / COCO JSON / WebDataset
+    source (:mod:`isa_demo.training.data`) instead of the world's train images; run under torchrun
+    it trains data parallel (:mod:`isa_demo.training.distributed`). ``vl``: a loaded VL model
+    (instead of ``vl_name``/``vl_pretrained``)."""
     check_backbone_name(backbone)
     if lar not in ("late", "vocab", "none"):
         raise ValueError(f"--lar must be late, vocab or none, not {lar!r}")
-    device = device or default_device()
+    data = DataSpec.of(data)
+    d = setup(device or default_device()) if data else SINGLE
+    device = d.device if data else (device or default_device())
     precision = amp.resolve(precision, device, convolutional=backbone != SYMMETRIC)
     torch.manual_seed(seed)
-    vl = load_vl(vl_name, vl_pretrained, device=device)
-    w = World(world)
-    n = min(images, len(w.records("train")))
-    g_all, loc_all = cached_vl_features(vl, w, n)
+    vl = vl if vl is not None else load_vl(vl_name, vl_pretrained, device=device)
     enc = QueryEncoder(EncoderConfig(backbone=backbone, num_tokens=num_tokens, word_dim=vl.word_dim,
                                      image_size=image_size), vl=vl).to(device)
-    student = None if backbone == SYMMETRIC else w.image_array("train", enc.cfg.image_size)
+    tag = f"{backbone}_L{num_tokens}_{lar}_{steps}"
+    out, state_path = output_paths("isa", tag, vl, shipped_checkpoint(backbone, vl.name), out, state_path)
+    if data is None:
+        t_feat = time.time()
+        w = World(world)
+        n = min(images, len(w.records("train")))
+        g_all, loc_all = cached_vl_features(vl, w, n)
+        student = None if backbone == SYMMETRIC else w.image_array("train", enc.cfg.image_size)
+        source_facts = {"world_seed": w.meta["seed"], "features_seconds": round(time.time() - t_feat, 1)}
+    else:
+        source, feats, cache_facts = cached_source_features(data, vl, images, local=lar == "late" or
+                                                            backbone == SYMMETRIC, d=d, progress=d.main)
+        if d.main:
+            report_skipped(feats.skipped, Path(out).with_suffix(".skipped.json"))
+        n, g_all, loc_all = len(feats.keys), feats.g, feats.local
+        source_facts = {"data": source.describe(), "skipped": len(feats.skipped), "ranks": d.world, **cache_facts}
     vocab_emb = None
     if lar == "vocab":  # the words the VL model learned; the world's caption words when it does not record them
         ids = vl.vocabulary if vl.vocabulary is not None else torch.as_tensor(world_vocabulary(vl.tokenizer))
@@ -82,28 +113,32 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     params = [p for p in enc.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = cosine_schedule(opt, warmup=min(100, steps // 10 + 1), total=steps)
-    tag = f"{backbone}_L{num_tokens}_{lar}_{steps}"
-    out, state_path = output_paths("isa", tag, vl, shipped_checkpoint(backbone, vl.name), out, state_path)
     step, extra = load_state(state_path, enc, opt, sched)
+    if step:
+        check_same_data(state_path, extra.get("data"), source_facts.get("data"))
     elapsed = float(extra.get("elapsed_s", 0.0))
-    prompts = [SENTENCE_PROMPT] * batch_size
+    if data is None:
+        batches = _world_batches(student, enc, n, step, steps, batch_size, seed)
+    elif backbone == SYMMETRIC:
+        batches = ((np.sort(batch_indices(s, batch_size, n, seed, d)), None) for s in range(step, steps))
+    elif source.streaming:
+        batches = stream_batches(source, feats.keys, enc.transform(), batch_size, seed, d, data.workers)
+    else:
+        batches = file_batches(feats.paths, enc.transform(), step, steps, batch_size, seed, d, data.workers)
 
     enc.train()
     t0 = time.time()
-    bar = tqdm(range(step, steps), initial=step, total=steps, desc=f"train isa {tag}")
-    for step in bar:
-        epoch, k = divmod(step * batch_size, n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        idx = np.sort(perm[k:k + batch_size]) if k + batch_size <= n else np.sort(perm[:batch_size])
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc=f"train isa {tag}", disable=not d.main)
+    for step, (idx, x) in zip(bar, batches):
         idx_t = torch.from_numpy(idx)
         v = g_all[idx_t].float().to(device)
-        p = loc_all[idx_t].float().to(device)
+        p = loc_all[idx_t].float().to(device) if loc_all is not None else None
         with amp.autocast(device, precision):
-            if student is None:
+            if x is None:
                 sent, _ = enc.atl(tokens_to_map(p))
             else:
-                sent, _ = enc(enc.uint8_to_tensor(np.ascontiguousarray(student[idx])))
-            u, h = vl.encode_with_pseudo_tokens(prompts[:len(idx)], sent, return_tokens=True)
+                sent, _ = enc(x.to(device, non_blocking=True))
+            u, h = vl.encode_with_pseudo_tokens([SENTENCE_PROMPT] * len(idx), sent, return_tokens=True)
         sent, u, h = sent.float(), u.float(), h.float()
         loss_gcd = info_nce(F.normalize(u, dim=-1) @ v.T / tau)
         loss_lar = torch.zeros((), device=device)
@@ -114,18 +149,21 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
         loss = loss_gcd + lar_weight * loss_lar
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(params, d)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         bar.set_postfix(gcd=f"{loss_gcd.item():.3f}", lar=f"{loss_lar.item():.3f}")
-        if (step + 1) % save_every == 0 or step + 1 == steps:
-            save_state(state_path, step + 1, enc, opt, sched, {"elapsed_s": elapsed + time.time() - t0})
+        if d.main and ((step + 1) % save_every == 0 or step + 1 == steps):
+            save_state(state_path, step + 1, enc, opt, sched,
+                       {"elapsed_s": elapsed + time.time() - t0, "data": source_facts.get("data")})
     elapsed += time.time() - t0
     enc.eval()
     facts = {"steps": steps, "batch_size": batch_size, "lar": lar, "lar_weight": lar_weight, "tau": tau,
-             "precision": precision,
-             "train_images": n, "world_seed": w.meta["seed"], "train_seconds": round(elapsed, 1), "device": device,
-             "date": time.strftime("%Y-%m-%d")}
-    enc.save(out, vl.identity(), facts)
-    print(json.dumps({"checkpoint": str(out), **facts}))
+             "precision": precision, "train_images": n, **source_facts, "train_seconds": round(elapsed, 1),
+             "device": device, "date": time.strftime("%Y-%m-%d")}
+    if d.main:
+        enc.save(out, vl.identity(), {k: json.dumps(v) if isinstance(v, dict) else v for k, v in facts.items()})
+        print(json.dumps({"checkpoint": str(out), **facts}))
+    barrier(d)
     return out

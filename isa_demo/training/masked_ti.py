@@ -52,6 +52,9 @@ from ..world import World
 from ..world.scene import CELL_PHRASES
 from . import precision as amp
 from .cam import CAM_BASELINE, FILLS, compute_cams, mask_images, upsample_cam
+from .data import DataError, DataSpec, check_same_data, report_skipped
+from .distributed import SINGLE, average_gradients, barrier, batch_indices, setup
+from .featcache import Features, MaskSpec, cached_source_features, vl_key
 from .losses import info_nce
 from .nouns import NounChunk, extract_nouns
 from .state import cosine_schedule, load_state, output_paths, save_state
@@ -117,20 +120,16 @@ def world_pairs(records: list[dict], n: int) -> Pairs:
     return Pairs(np.array(image, np.int64), chunks, objects, start, count, caps)
 
 
+def source_pairs(feats: Features) -> tuple[Pairs, np.ndarray]:
+    """The (image, noun) pairs of a data source's cache, over the images that have one; returns
+    them and those images' cache rows."""
+    keep, start, count = np.unique(feats.pair_rows, return_index=True, return_counts=True)
+    image = np.repeat(np.arange(len(keep)), count)
+    return Pairs(image, feats.chunks, [None] * len(image), start, count,
+                 [" / ".join(feats.captions[r]) for r in keep]), keep
+
+
 # ----------------------------------------------------------------------------- caches
-def _vl_tag(vl) -> str:
-    """Cache key of a VL model: its checkpoint hash, or a hash of the weights (random weights)."""
-    if vl.checkpoint_sha256:
-        tag = hashlib.sha256(vl.checkpoint_sha256.encode()).hexdigest()[:16]
-    else:
-        h = hashlib.sha256()
-        for k, v in vl.model.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().numpy().tobytes())
-        tag = "w" + h.hexdigest()[:15]
-    return f"{vl.name}_{tag}"
-
-
 def _cached(path: Path, compute):
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -150,7 +149,7 @@ def encode_uint8(vl, arr: np.ndarray, batch_size: int = 128, desc: str = "featur
 
 def cached_features(vl, world: World, images: np.ndarray, n: int, progress: bool = True) -> torch.Tensor:
     """``g(I)`` of the first ``n`` train images ``(n, D)`` fp16."""
-    path = world.root / "cache" / "masked_ti" / f"feats_{_vl_tag(vl)}_{n}.pt"
+    path = world.root / "cache" / "masked_ti" / f"feats_{vl_key(vl)}_{n}.pt"
     return _cached(path, lambda: {"g": encode_uint8(vl, images[:n], desc="cache g(I)", progress=progress)})["g"]
 
 
@@ -163,7 +162,7 @@ def cached_cams(vl, world: World, images: np.ndarray, pairs: Pairs, mode: str, b
                 cam_text: str = "phrase", progress: bool = True) -> torch.Tensor:
     """CAMs of every pair ``(P, gh, gw)`` fp16 (independent of tau)."""
     path = (world.root / "cache" / "masked_ti" /
-            f"cams_{_vl_tag(vl)}_{pairs.signature()}_{_cam_tag(mode, baseline, cam_text)}.pt")
+            f"cams_{vl_key(vl)}_{pairs.signature()}_{_cam_tag(mode, baseline, cam_text)}.pt")
 
     def compute():
         cams = []
@@ -179,7 +178,7 @@ def cached_masked_features(vl, world: World, images: np.ndarray, pairs: Pairs, c
                            fill: str, cam_tag: str, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``g(I_m)`` of every pair ``(P, D)`` fp16 and the masked fraction ``(P,)`` for one tau."""
     path = (world.root / "cache" / "masked_ti" /
-            f"masked_{_vl_tag(vl)}_{pairs.signature()}_{cam_tag}_tau{tau:g}_{fill}.pt")
+            f"masked_{vl_key(vl)}_{pairs.signature()}_{cam_tag}_tau{tau:g}_{fill}.pt")
 
     def compute():
         feats, frac = [], []
@@ -216,8 +215,11 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
                     cam_text: str = "phrase", seed: int = 0, name: str | None = None,
                     out: str | Path | None = None, state_path: str | Path | None = None, device: str | None = None,
                     vl=None, vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100,
-                    progress: bool = True, precision: str = "auto") -> Path:
-    """Train ``Phi`` and export it (fp16 safetensors + metadata). Resumable: rerun to continue."""
+                    progress: bool = True, precision: str = "auto", data: DataSpec | str | None = None) -> Path:
+    """Train ``Phi`` and export it (fp16 safetensors + metadata). Resumable: rerun to continue.
+    ``data``: image-caption pairs of a table / COCO JSON / WebDataset (:mod:`isa_demo.training.data`;
+    a folder without captions trains the single-token baseline only) instead of the world's; the
+    features, CAMs and masked features go to the feature cache (:mod:`isa_demo.training.featcache`)."""
     from ..vl import load_vl
 
     if query_text not in QUERY_TEXTS:
@@ -226,32 +228,54 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
         raise ValueError(f"fill must be one of {FILLS}, not {fill!r}")
     if w_qt < 0 or w_orig < 0 or w_qt + w_orig == 0:
         raise ValueError("loss weights must be >= 0 and not both 0")
+    data = DataSpec.of(data)
     device = device or (vl.device if vl is not None else default_device())
+    d = setup(device) if data else SINGLE
+    device = d.device if data else device
     precision = amp.resolve(precision, device)
     if vl is None:
         vl = load_vl(vl_name, vl_pretrained, device=device)
     torch.manual_seed(seed)
-    w = world if isinstance(world, World) else World(world)
     method = "single-token" if w_qt == 0 else "masked-ti"
+    if data is not None and query_text == "scene":
+        query_text = "phrase"  # a scene graph is the world's; a caption's noun phrase is what a source has
     name = name or default_name(tau, w_qt, w_orig, query_text)
     out, state_path = output_paths("masked-ti", name, vl, shipped_checkpoint(name, vl.name), out, state_path)
-    records = w.records("train")
-    n = min(images, len(records))
-    if n < 2:
-        raise ValueError("need at least 2 training images")
-    batch_size = min(batch_size, n)
 
     t_pre = time.time()
-    arr = w.image_array("train", vl.image_size, progress=progress)
-    pairs = world_pairs(records, n)
-    g_all = cached_features(vl, w, arr, n, progress)
     gm_all = frac = None
-    if w_qt > 0:
-        cams = cached_cams(vl, w, arr, pairs, cam_mode, cam_baseline, cam_text, progress)
-        gm_all, frac = cached_masked_features(vl, w, arr, pairs, cams, tau, fill,
-                                              _cam_tag(cam_mode, cam_baseline, cam_text), progress)
+    if data is None:
+        w = world if isinstance(world, World) else World(world)
+        records = w.records("train")
+        n = min(images, len(records))
+        if n < 2:
+            raise ValueError("need at least 2 training images")
+        arr = w.image_array("train", vl.image_size, progress=progress)
+        pairs = world_pairs(records, n)
+        g_all = cached_features(vl, w, arr, n, progress)
+        if w_qt > 0:
+            cams = cached_cams(vl, w, arr, pairs, cam_mode, cam_baseline, cam_text, progress)
+            gm_all, frac = cached_masked_features(vl, w, arr, pairs, cams, tau, fill,
+                                                  _cam_tag(cam_mode, cam_baseline, cam_text), progress)
+        source_facts = {"world_seed": w.meta["seed"], "world_size": w.meta.get("size")}
+    else:
+        mask = MaskSpec(cam_mode, cam_baseline, cam_text, tau, fill) if w_qt > 0 else None
+        source, feats, cache_facts = cached_source_features(data, vl, images, mask=mask, d=d,
+                                                            progress=progress and d.main)
+        if d.main:
+            report_skipped(feats.skipped, Path(out).with_suffix(".skipped.json"))
+        g_all, pairs = feats.g, None
+        if w_qt > 0:
+            pairs, keep = source_pairs(feats)
+            g_all, gm_all, frac = g_all[torch.from_numpy(keep)], feats.g_masked, feats.masked_fraction
+        n = len(g_all)
+        if n < 2:
+            raise DataError(f"need at least 2 usable training images in {data.source}, found {n}"
+                            + (" with a maskable English noun in a caption" if w_qt > 0 else ""))
+        source_facts = {"data": source.describe(), "skipped": len(feats.skipped), "ranks": d.world, **cache_facts}
+    batch_size = min(batch_size, n)
     pre_seconds = time.time() - t_pre
-    texts = pairs.texts(query_text)
+    texts = pairs.texts(query_text) if pairs is not None else []
 
     phi = Phi.for_vl(vl, dropout=dropout).to(device)
     opt = torch.optim.AdamW(phi.parameters(), lr=lr, weight_decay=weight_decay)
@@ -264,6 +288,8 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
               "cam_text": cam_text if w_qt > 0 else None, "seed": seed,
               "steps": steps, "precision": precision}
     step, extra = load_state(state_path, phi, opt, sched)
+    if step:
+        check_same_data(state_path, extra.get("data"), source_facts.get("data"))
     if step and extra.get("config") not in (None, config):
         raise RuntimeError(f"{state_path} holds a run with another configuration ({extra['config']}); "
                            f"delete it or pass another --state / --name")
@@ -272,11 +298,9 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
     phi.train()
     t0 = time.time()
     last = {}
-    bar = tqdm(range(step, steps), initial=step, total=steps, desc=f"train {name}", disable=not progress)
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc=f"train {name}", disable=not (progress and d.main))
     for step in bar:
-        epoch, k = divmod(step * batch_size, n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        idx = perm[k:k + batch_size] if k + batch_size <= n else perm[:batch_size]
+        idx = batch_indices(step, batch_size, n, seed, d)
         idx_t = torch.from_numpy(idx)
         g = g_all[idx_t].float().to(device)
         loss = torch.zeros((), device=device)
@@ -297,22 +321,24 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
             loss = loss + w_qt * parts["qt"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(list(phi.parameters()), d)
         torch.nn.utils.clip_grad_norm_(phi.parameters(), 1.0)
         opt.step()
         sched.step()
         last = {k: round(v.item(), 4) for k, v in parts.items()}
         bar.set_postfix(**{k: f"{v:.3f}" for k, v in last.items()})
-        if (step + 1) % save_every == 0 or step + 1 == steps:
+        if d.main and ((step + 1) % save_every == 0 or step + 1 == steps):
             save_state(state_path, step + 1, phi, opt, sched,
-                       {"elapsed_s": elapsed + time.time() - t0, "config": config})
+                       {"elapsed_s": elapsed + time.time() - t0, "config": config, "data": source_facts.get("data")})
     elapsed += time.time() - t0
     phi.eval()
-    facts = {**config, "world_seed": w.meta["seed"], "world_size": w.meta.get("size"),
-             "pairs": len(pairs), "final_losses": last,
+    facts = {**config, **source_facts, "pairs": len(pairs) if pairs is not None else 0, "final_losses": last,
              "masked_fraction_mean": round(float(frac.float().mean()), 4) if frac is not None else None,
              "train_seconds": round(elapsed, 1), "precompute_seconds": round(pre_seconds, 1), "device": device,
              "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
-    save_phi(out, phi, vl.identity(), facts)
-    if progress:
-        print(json.dumps({"checkpoint": str(out), **facts}))
+    if d.main:
+        save_phi(out, phi, vl.identity(), facts)
+        if progress:
+            print(json.dumps({"checkpoint": str(out), **facts}))
+    barrier(d)
     return out

@@ -213,3 +213,41 @@ def cam_prompt(chunk: NounChunk | str, what: str = "phrase") -> str:
         return f"a photo of {text}"
     article = "an" if text[:1] in "aeiou" else "a"
     return f"a photo of {article} {text}"
+
+
+def caption_problem(caption: str) -> str | None:
+    """Why a free-form caption gives no English nouns to mask, or None: empty, no letters, mostly
+    non-Latin letters, or (three words or more) not one English function word among its words
+    (the closed-class lists above), as in "Ein Hund läuft auf der Wiese"."""
+    text = " ".join(str(caption or "").split())
+    if not text:
+        return "empty caption"
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return f"no words in the caption {text[:80]!r}"
+    if sum(not c.isascii() for c in letters) > 0.2 * len(letters):
+        return f"caption not in English (mostly non-Latin letters): {text[:80]!r}"
+    words = [m.group(0).lower() for m in _TOKEN.finditer(text) if m.group(0)[0].isalpha()]
+    if len(words) >= 3 and not any(w in _DETERMINERS or w in _FUNCTION for w in words):
+        return f"caption not in English (no English function word): {text[:80]!r}"
+    return None
+
+
+def caption_nouns(captions, limit: int = 3) -> tuple[list[NounChunk], str]:
+    """Up to ``limit`` maskable noun chunks with distinct heads from an image's captions, in order,
+    and, when there are none, why (each caption's problem, or that it names no maskable noun)."""
+    chunks: list[NounChunk] = []
+    problems: list[str] = []
+    for cap in captions:
+        why = caption_problem(cap)
+        found = [] if why else extract_nouns(cap)
+        if not why and not found:
+            why = f"no maskable noun in {' '.join(cap.split())[:80]!r}"
+        if why:
+            problems.append(why)
+        for c in found:
+            if c.head not in {x.head for x in chunks}:
+                chunks.append(c)
+            if len(chunks) == limit:
+                return chunks, ""
+    return chunks, ("; ".join(problems) or "no caption") if not chunks else ""

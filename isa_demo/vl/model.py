@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..common import default_device, file_sha256, load_checkpoint, load_image, unpack_state
 from ..errors import VLLoadError
 from ..settings import BUILTIN_PRETRAINED, BUILTIN_VL, VL_ASSETS_DIR, parse_pretrained
+from .hub import create_pretrained
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_NAME = BUILTIN_VL
@@ -440,7 +441,10 @@ def load_vl(name: str | None = BUILTIN_NAME, pretrained: str | None = BUILTIN_PR
         elif pretrained == BUILTIN_PRETRAINED:
             vocabulary = functools.partial(world_vocabulary, open_clip.get_tokenizer(name))
     else:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **model_kwargs)
+        if pretrained:  # a tag: a clear message when its weights are not cached and the hub is out of reach
+            model, _, preprocess = create_pretrained(name, pretrained, **model_kwargs)
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **model_kwargs)
         ckpt_hash = f"open_clip:{name}/{pretrained}" if pretrained else None
     model.to(device)
     tokenizer = open_clip.get_tokenizer(name)
