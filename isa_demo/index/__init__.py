@@ -2,6 +2,7 @@
 from .default import default_gallery
 from .encode import IMAGE_EXTENSIONS, GalleryError, scan_folder
 from .gallery import GalleryIdentityError, GalleryIndex, describe_identity, same_model
+from .store import BACKENDS, Gallery, open_gallery
 
-__all__ = ["GalleryIndex", "GalleryError", "GalleryIdentityError", "IMAGE_EXTENSIONS", "default_gallery",
-           "describe_identity", "same_model", "scan_folder"]
+__all__ = ["BACKENDS", "Gallery", "GalleryIndex", "GalleryError", "open_gallery", "GalleryIdentityError",
+           "IMAGE_EXTENSIONS", "default_gallery", "describe_identity", "same_model", "scan_folder"]

@@ -172,22 +172,21 @@ def chunked_knn(q: np.ndarray, chunks: Iterable[np.ndarray], k: int) -> tuple[np
 
 
 def sample_rows(chunks: Iterable[np.ndarray], n_total: int, sizes: Sequence[int], seed: int = 0) -> list[np.ndarray]:
-    """Disjoint uniform samples (one per entry of ``sizes``, each capped by what there is) of rows
-    of vectors that come in chunks, in one pass holding one chunk at a time."""
+    """Uniform samples without replacement (one per entry of ``sizes``, each capped by what there
+    is, drawn independently) of rows of vectors that come in chunks, in one pass holding one
+    chunk at a time."""
     rng = np.random.default_rng(seed)
-    take = min(sum(sizes), n_total)
-    picked = rng.permutation(rng.choice(n_total, size=take, replace=False))
-    bounds = np.cumsum([0, *sizes])
-    groups = [np.sort(picked[min(a, take):min(b, take)]) for a, b in zip(bounds[:-1], bounds[1:])]
+    groups = [np.sort(rng.choice(n_total, size=min(m, n_total), replace=False)) for m in sizes]
     out: list[list[np.ndarray]] = [[] for _ in sizes]
-    start = 0
+    start, dim = 0, 0
     for x in chunks:
+        dim = x.shape[1] if x.ndim == 2 else dim
         for g, rows in zip(groups, out):
             sel = g[(g >= start) & (g < start + len(x))] - start
             if len(sel):
                 rows.append(np.asarray(x[sel], dtype=np.float32))
         start += len(x)
-    return [np.concatenate(r) if r else np.empty((0, 0), np.float32) for r in out]
+    return [np.concatenate(r) if r else np.empty((0, dim), np.float32) for r in out]
 
 
 def build_from_chunks(dim: int, factory: str, chunks: Callable[[], Iterable[np.ndarray]], train: np.ndarray | None,

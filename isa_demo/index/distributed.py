@@ -39,7 +39,7 @@ from .encode import GalleryError, Progress, has_vector, read_image_file
 from .shards import ShardSet
 
 FEATURE = "the Ray engine (--engine ray)"
-RETRIES = 3  # restarts of a dead worker, retries of its batch
+RETRIES = 3  # restarts of a dead worker, retries of its batch (bounded: a worker that dies every time ends the run)
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -128,12 +128,13 @@ def ray_session(address: str | None = None, workers: int | None = None) -> Itera
     ray = require_extra("ray", FEATURE)
     require_extra("ray.data", FEATURE)
     _quiet()
+    if address:
+        check_address(address)
     if ray.is_initialized():
         yield ray.cluster_resources()
         return
     kw: dict = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
-        check_address(address)
         import isa_demo
 
         kw["runtime_env"] = {"py_modules": [os.path.dirname(isa_demo.__file__)]}  # the cluster runs this code
@@ -203,7 +204,8 @@ def encode_to_shards(encoder: ImageEncoder, files: list[Path], work: str | os.Pa
                 bar.update(len(batch["i"]))
         except ray.exceptions.RayError as e:
             text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise GalleryError(f"the Ray workers failed ({type(e).__name__}: {text}); {len(shards) - len(shards.missing())} "
+            done = len(shards) - len(shards.missing())
+            raise GalleryError(f"the Ray workers failed ({type(e).__name__}: {text}); {done} "
                                f"of {len(shards)} shard(s) are done and kept in {shards.root}: rerun the same command "
                                f"to resume. Nothing was written to the index.") from None
         finally:

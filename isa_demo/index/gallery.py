@@ -131,6 +131,28 @@ class GalleryIndex:
     def hashes(self) -> set[str]:
         return {r["sha256"] for r in self.records}
 
+    @property
+    def engine(self) -> str:
+        return f"faiss {self.factory} inner product"
+
+    def ids_with_content(self, sha256: str) -> list[int]:
+        """Gallery ids whose file has this content hash."""
+        if getattr(self, "_by_sha", None) is None or self._by_sha[0] != len(self.records):
+            table: dict[str, list[int]] = {}
+            for i, r in enumerate(self.records):
+                if r.get("sha256"):
+                    table.setdefault(r["sha256"], []).append(i)
+            self._by_sha = (len(self.records), table)
+        return self._by_sha[1].get(sha256, [])
+
+    def image_roots(self) -> list[str]:
+        """The image folders the index was built from (what a server may serve)."""
+        roots = [os.path.normpath(os.path.join(str(self.path), s["images"])) for s in self.meta.get("sources") or []]
+        if not roots and len(self):
+            parents = {str(self.path_of(i).parent) for i in range(len(self))}
+            roots.append(os.path.commonpath(sorted(parents)) if len(parents) > 1 else parents.pop())
+        return roots
+
     # ------------------------------------------------------------------ search
     def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` gallery ids for query features ``(B, D)`` or ``(D,)`` (torch or numpy).
@@ -342,10 +364,10 @@ class GalleryIndex:
         """Encode the images under ``images`` that are not indexed yet (by content hash), add them
         and rewrite the index atomically. Returns what was encoded (``.records``, ``.skipped``,
         ``.known``: files already indexed)."""
-        check_identity(self.identity, vl.identity(), self.path)
         if self.meta.get("on_disk"):
             raise GalleryError(f"{self.path} keeps its inverted lists on disk ({self.meta['on_disk']}), which `index "
                                f"add` does not extend; rebuild it with `index build --force` over all the images")
+        check_identity(self.identity, vl.identity(), self.path)
         files, skipped = scan_folder(images, exclude=[self.path])
         if not files:
             raise GalleryError(_no_images_message(images, skipped))
