@@ -280,3 +280,50 @@ def test_app_serves_from_milvus(small_world, tiny_vl, tmp_path, milvus_uri):
     assert len(r.hits) == 5 and 5 not in r.ids and "Milvus" in r.timing_note
     assert any(str(ref).startswith(p) for p in s.allowed_paths())
     assert s.describe()["gallery_size"] == len(g)
+
+
+def test_load_service_with_the_milvus_backend(small_world, tiny_vl, tmp_path, milvus_uri):
+    from isa_demo.app.service import load_service
+    from isa_demo.index import default_gallery
+    from isa_demo.index.milvus import from_index
+
+    g = default_gallery(tiny_vl, world_dir=small_world, size="small", index_dir=tmp_path / "world-test")
+    from_index(g, milvus_uri, "served", overwrite=True)
+    s = load_service("isa-test-tiny", None, world_dir=small_world, results_dir=tmp_path, device="cpu",
+                     backend="milvus", uri=milvus_uri, collection="served")
+    assert len(s.gallery) == len(g) and "Milvus collection served" in s.gallery_label
+
+
+def test_missing_extra_is_a_clear_error(monkeypatch, images, tmp_path, capsys):
+    import sys
+
+    from isa_demo.cli import main
+    from isa_demo.common import MissingExtraError, require_extra
+
+    with pytest.raises(MissingExtraError, match="pip install -r requirements-scale.txt"):
+        require_extra("no_such_module_for_isa_demo", "a feature")
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    monkeypatch.setitem(sys.modules, "pymilvus", None)
+    args = ["index", "build", "--images", str(images), "--model", "isa-test-tiny", "--pretrained", "none"]
+    assert main([*args, "--out", str(tmp_path / "i"), "--engine", "ray"]) == 2
+    assert "the Ray engine (--engine ray) needs ray" in capsys.readouterr().err
+    assert main([*args, "--backend", "milvus", "--uri", str(tmp_path / "g.db")]) == 2
+    assert "the Milvus backend (--backend milvus) needs pymilvus" in capsys.readouterr().err
+    assert not (tmp_path / "i").exists() and not (tmp_path / "g.db").exists()
+
+
+def test_bench_scale_at_a_tiny_scale(tmp_path, milvus_uri):
+    import pandas as pd
+
+    from isa_demo.bench.scale import bench_scale
+
+    out = tmp_path / "scale.csv"
+    bench_scale(["ivfpq", "milvus"], vectors=3000, factory="IVF{nlist},PQ16x4,Refine(SQ8)", clusters=20,
+                chunk=1000, train_size=3000, queries=50, latency_calls=5, milvus_vectors=1500, out=out,
+                log=lambda *a: None)
+    df = pd.read_csv(out)
+    row = df[df.part == "ivfpq"].iloc[0]
+    assert row["n"] == 3000 and row["index_bytes"] > 0 and row["peak_rss_bytes"] > 0 and 0 < row["recall@10"] <= 1
+    assert "k_factor_rf" in row["search_params"]
+    assert set(df[df.part == "milvus"].system) == {"faiss", "milvus-lite"}
+    assert (df[df.part == "milvus"]["recall@10"] > 0.5).all()

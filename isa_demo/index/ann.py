@@ -26,9 +26,15 @@ def is_exact(factory: str) -> bool:
 def new_index(dim: int, factory: str = EXACT) -> faiss.Index:
     """An empty inner-product index from a faiss factory string (``Flat``, ``HNSW32``, ``IVF1024,Flat``)."""
     try:
-        return faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ValueError(f"faiss cannot make an index from factory string {factory!r}: {_faiss_msg(e)}") from None
+    ivf = ivf_of(index)
+    if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+        # polysemous codes serve Hamming-threshold filtering, which is never used here, and their
+        # training (simulated annealing) costs far more than the PQ itself
+        faiss.downcast_index(ivf).do_polysemous_training = False
+    return index
 
 
 def as_float32(x) -> np.ndarray:
