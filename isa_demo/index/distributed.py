@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
@@ -157,11 +158,13 @@ def ray_session(address: str | None = None, workers: int | None = None) -> Itera
 # ---------------------------------------------------------------------- the driver
 def encode_to_shards(encoder: ImageEncoder, files: list[Path], work: str | os.PathLike, *,
                      address: str | None = None, workers: int | None = None, batch_size: int = 64,
-                     shard_files: int = 4096, progress: Callable | None = None, desc: str = "encode (ray)"
-                     ) -> ShardSet:
+                     shard_files: int = 4096, progress: Callable | None = None, desc: str = "encode (ray)",
+                     stats: dict | None = None) -> ShardSet:
     """Encode ``files`` on Ray into shards under ``work`` (resuming the shards already there).
 
-    ``workers``: model actors (default: one per GPU of the cluster, else its CPUs less one)."""
+    ``workers``: model actors (default: one per GPU of the cluster, else its CPUs less one).
+    ``stats``: filled with ``first_batch_s`` (start-up: workers and model shipped), ``total_s``
+    and ``images`` (for throughput measurements)."""
     shards = ShardSet.open(work, files, encoder.identity, encoder.embed_dim, shard_files)
     todo = shards.missing()
     if not todo:
@@ -189,8 +192,11 @@ def encode_to_shards(encoder: ImageEncoder, files: list[Path], work: str | os.Pa
                                 max_restarts=RETRIES, max_task_retries=RETRIES)
         pending: dict[int, dict[int, tuple[dict, np.ndarray]]] = {}
         bar = Progress(len(items), f"{desc} on {n} {'GPU' if use_gpu else 'CPU'} worker(s)", progress)
+        t0 = time.perf_counter()
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                if stats is not None and "first_batch_s" not in stats:
+                    stats.update(first_batch_s=time.perf_counter() - t0, first_batch=len(batch["i"]))
                 for i, info, f in zip(batch["i"].tolist(), batch["info"], batch["feature"]):
                     k = shards.shard_of(i)
                     got = pending.setdefault(k, {})
@@ -210,6 +216,8 @@ def encode_to_shards(encoder: ImageEncoder, files: list[Path], work: str | os.Pa
                                f"to resume. Nothing was written to the index.") from None
         finally:
             bar.close()
+        if stats is not None:
+            stats.update(total_s=time.perf_counter() - t0, images=len(items))
     if shards.missing():
         raise GalleryError(f"the Ray run ended with {len(shards.missing())} shard(s) incomplete in {shards.root}; "
                            f"rerun the same command to resume")
