@@ -11,12 +11,28 @@ from typing import Any, Iterator
 
 from PIL import Image, ImageOps, ImageSequence
 
-from .errors import CheckpointError, ImageError, IntegrityError
+from .errors import CheckpointError, ImageError, IntegrityError, UserError
 
 # Largest image we agree to decode (pixels). Above this Pillow's decompression-bomb
 # guard would only warn; we refuse instead, so a 20000x20000 upload costs nothing.
 MAX_IMAGE_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class MissingExtraError(UserError, ImportError):
+    """A feature whose packages are an optional extra that is not installed."""
+
+
+def require_extra(module: str, feature: str, extra: str = "scale"):
+    """Import ``module`` (a package of an optional extra), or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtraError(
+            f"{feature} needs {module.split('.')[0]}, which is not installed ({e}); install the {extra!r} extra: "
+            f"pip install -r requirements-{extra}.txt (or pip install -e \".[{extra}]\")") from None
 
 
 def default_device() -> str:

@@ -34,6 +34,11 @@ def add_app_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None, metavar="PATH",
                    help="a gallery index made by `python -m isa_demo index build` (default: the built-in world's "
                         "test images)")
+    p.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                   help="where the gallery lives: a faiss index directory (default) or a Milvus collection (--uri)")
+    p.add_argument("--uri", default=None, help="Milvus: a local file (./gallery.db, the embedded milvus-lite) or a "
+                                               "server (http://host:19530); needs the 'scale' extra")
+    p.add_argument("--collection", default=None, help="Milvus collection (default isa_demo_gallery)")
     add_vl_args(p, device=False)
     add_world_arg(p, help="built world for examples and the inspector")
     p.add_argument("--results", default=str(RESULTS_DIR), metavar="DIR", help="results tables (default: %(default)s)")
@@ -114,7 +119,8 @@ def serve(args) -> int:
     print("loading the VL model and the gallery ...", file=sys.stderr)
     # a missing checkpoint / index / incompatible model is a UserError: isa_demo.cli.run says it in one line
     service = load_service(args.vl_model, args.vl_pretrained, args.index, args.world, args.results,
-                           device=args.device, max_batch=args.max_batch)
+                           device=args.device, max_batch=args.max_batch, backend=args.backend, uri=args.uri,
+                           collection=args.collection)
     service.catalogue.warm_up()
     demo = build_demo(service, args.concurrency, args.max_queue, delete_cache_setting(args.cache_ttl, args.cache_sweep))
     print(f"ready in {time.perf_counter() - t0:.1f} s: {len(service.gallery):,} gallery images, methods "

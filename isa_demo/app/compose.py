@@ -9,7 +9,7 @@ Timings (``ComposeResult.timings_ms``), wall clock with ``time.perf_counter`` ar
   (``Method.timing_stages``): ``query_image_encoder_ms`` then ``text_encoder_ms`` for ISA and the
   masked-pair methods; one name for both stages otherwise: ``query_image_encoder_ms`` for the
   image-only baseline, ``text_encoder_ms`` for text-only, ``query_encoders_ms`` for the sum.
-- ``search_ms``: the faiss inner-product search of the gallery (plus dropping the reference).
+- ``search_ms``: the inner-product search of the gallery, faiss or Milvus (plus dropping the reference).
 - ``batch_wait_ms``: how long the query waited for its batch to start. Concurrent queries of one
   method are encoded and searched as one batch (:mod:`isa_demo.app.batching`); the encoder and
   search times are then the batch's, and ``timing_note`` / ``batch_size`` say so.
@@ -120,7 +120,6 @@ class Composer:
         self.catalogue = catalogue
         self.batcher = QueryBatcher(gallery.search, max_batch)
         self.modifiers = ModifierCheck(vl)
-        self._sha_to_ids: dict[str, list[int]] | None = None
 
     def compose(self, image, modifier: str | None, method: str, backbone: str | None = None, k: int = 10,
                 explain: bool = True, exclude_reference: bool = True) -> ComposeResult:
@@ -184,7 +183,7 @@ class Composer:
             if explanation:
                 timings["explain_ms"] = _ms(t)
         return ComposeResult(v.label, v.backbone_label, text, hits, timings,
-                             how + f"; search: faiss inner product over {len(self.gallery):,} images", notices,
+                             how + f"; search: {self.gallery.engine} over {len(self.gallery):,} images", notices,
                              explanation or {}, excluded, img, q, out.batch_size)
 
     def search(self, q, k: int, exclude: Sequence[int] = ()) -> list[Hit]:
@@ -233,14 +232,6 @@ class Composer:
         """Gallery ids whose file has the same bytes as the reference (a picked gallery image)."""
         if not is_pathlike(image) or not os.path.isfile(image):
             return []
-        if self._sha_to_ids is None:
-            table: dict[str, list[int]] = {}
-            for i, r in enumerate(getattr(self.gallery, "records", [])):
-                if r.get("sha256"):
-                    table.setdefault(r["sha256"], []).append(i)
-            self._sha_to_ids = table
-        if not self._sha_to_ids:
-            return []
         try:
             if os.path.getsize(image) > 64 * 1024 * 1024:
                 return []
@@ -248,4 +239,4 @@ class Composer:
                 digest = hashlib.sha256(f.read()).hexdigest()
         except OSError:
             return []
-        return self._sha_to_ids.get(digest, [])
+        return list(self.gallery.ids_with_content(digest))

@@ -29,7 +29,8 @@ ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 class DemoService:
     """Everything the demo does, without any UI.
 
-    ``gallery``: a :class:`isa_demo.index.GalleryIndex` (``search``, ``path_of``, ``records``).
+    ``gallery``: a :class:`isa_demo.index.Gallery` (a faiss :class:`~isa_demo.index.GalleryIndex` or a
+    Milvus collection: ``search``, ``path_of``, ``ids_with_content``, ``image_roots``).
     ``world``: an :class:`isa_demo.world.World` with the test split, for example references and
     the failure-case inspector (None: those parts say they are unavailable). ``variants``:
     ``create_method`` argument dicts or :class:`Variant` values to offer (default: the shipped ones).
@@ -69,14 +70,7 @@ class DemoService:
     def allowed_paths(self) -> list[str]:
         """Folders the web server may serve: the gallery's image folders, the world's test images
         (examples, inspector) and the app's own assets. Nothing else."""
-        roots: list[str] = []
-        g = self.gallery
-        srcs = (getattr(g, "meta", {}) or {}).get("sources") or []
-        for s in srcs:
-            roots.append(os.path.normpath(os.path.join(str(g.path), s["images"])))
-        if not roots and len(g):
-            parents = {str(g.path_of(i).parent) for i in range(len(g))}
-            roots.append(os.path.commonpath(sorted(parents)) if len(parents) > 1 else parents.pop())
+        roots: list[str] = list(self.gallery.image_roots())
         if self.world is not None:
             roots.append(str(self.world.root / "images" / self.world_split))
         if ASSETS_DIR.exists():
@@ -93,6 +87,7 @@ class DemoService:
         variants this VL model cannot serve (``{"isa resnet18": why}``)."""
         c = self.catalogue
         return {"vl": self.vl.identity(), "gallery": str(getattr(self.gallery, "path", "")),
+                "gallery_engine": self.gallery.engine,
                 "gallery_size": len(self.gallery), "methods": c.method_choices(), "backbones": c.all_backbones(),
                 "unavailable": c.describe_unavailable(), "max_k": MAX_K}
 
@@ -100,19 +95,22 @@ class DemoService:
 # ---------------------------------------------------------------------------------------- loading
 def load_service(model: str | None = None, pretrained: str | None = BUILTIN_PRETRAINED, index: str | None = None,
                  world_dir: str | os.PathLike | None = WORLD_DIR, results_dir: str | os.PathLike = RESULTS_DIR,
-                 device: str | None = None, progress: Callable | None = None, max_batch: int = 16) -> DemoService:
-    """Load the VL model and the gallery (the built-in world's test split unless ``index``)."""
+                 device: str | None = None, progress: Callable | None = None, max_batch: int = 16,
+                 backend: str = "faiss", uri: str | None = None, collection: str | None = None) -> DemoService:
+    """Load the VL model and the gallery: the built-in world's test split, a faiss ``index``
+    directory, or (``backend="milvus"``) a Milvus collection at ``uri``."""
     from ..vl import BUILTIN_NAME, load_vl
 
     model = model or BUILTIN_NAME
     pretrained = parse_pretrained(pretrained)
     vl = load_vl(model, pretrained, device=device)
     world = None
-    if index:
-        from ..index import GalleryIndex
+    if index or backend != "faiss":
+        from ..index import open_gallery
 
-        gallery = GalleryIndex.load(index, expected_identity=vl.identity())
-        label = str(index)
+        gallery = open_gallery(index, backend=backend, uri=uri, collection=collection,
+                               expected_identity=vl.identity())
+        label = str(index) if backend == "faiss" else f"Milvus collection {gallery.collection} at {uri}"
     else:
         from ..index import default_gallery
 

@@ -312,7 +312,7 @@ def about_tab(service: DemoService) -> None:
         gr.Markdown(f"""
 ### What this demo runs
 - **Gallery**: {d['gallery_size']:,} images ({service.gallery_label}), indexed with the frozen VL model's image
-  tower (`{d['vl'].get('name')}`); search is a faiss inner-product search over the precomputed features.
+  tower (`{d['vl'].get('name')}`); search is a {d['gallery_engine']} search over the precomputed features.
 - **Methods**: {', '.join(d['methods'])}. ISA backbones: {', '.join(d['backbones']) or 'none shipped yet'}.
 - **Timings** are wall-clock for this very query on the server: image decode; query image encoder and text encoder
   timed separately for methods whose two stages are two encoders (ISA: backbone + token learner, then the text tower on

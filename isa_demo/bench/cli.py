@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 BENCHMARKS = ("vl", "accuracy", "plots", "efficiency", "ablation", "precision", "explain", "index", "app", "load",
-              "prompts", "train_throughput", "report")
+              "prompts", "train_throughput", "scale", "report")
 
 
 def register(sub) -> None:

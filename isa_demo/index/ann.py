@@ -7,7 +7,10 @@ against exact search.
 """
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -23,9 +26,15 @@ def is_exact(factory: str) -> bool:
 def new_index(dim: int, factory: str = EXACT) -> faiss.Index:
     """An empty inner-product index from a faiss factory string (``Flat``, ``HNSW32``, ``IVF1024,Flat``)."""
     try:
-        return faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ValueError(f"faiss cannot make an index from factory string {factory!r}: {_faiss_msg(e)}") from None
+    ivf = ivf_of(index)
+    if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+        # polysemous codes serve Hamming-threshold filtering, which is never used here, and their
+        # training (simulated annealing) costs far more than the PQ itself
+        faiss.downcast_index(ivf).do_polysemous_training = False
+    return index
 
 
 def as_float32(x) -> np.ndarray:
@@ -35,19 +44,21 @@ def as_float32(x) -> np.ndarray:
     return np.array(x, dtype=np.float32, order="C", copy=True)
 
 
-def train_and_add(index: faiss.Index, x: np.ndarray, factory: str = "") -> None:
-    """Train the index when it needs it (IVF, PQ) on ``x``, then add ``x``."""
+def train_and_add(index: faiss.Index, x: np.ndarray, factory: str = "", train: np.ndarray | None = None) -> None:
+    """Train the index when it needs it (IVF, PQ) on ``train`` (default ``x``), then add ``x``."""
     if not index.is_trained:
+        t = x if train is None else train
         ivf = ivf_of(index)
-        if ivf is not None and len(x) < ivf.nlist:
+        if ivf is not None and len(t) < ivf.nlist:
             raise ValueError(f"factory {factory or 'IVF'!r} needs at least {ivf.nlist} vectors to train its "
-                             f"{ivf.nlist} lists, but there are only {len(x)}; use fewer lists (e.g. "
-                             f"IVF{max(1, int(np.sqrt(len(x))))},Flat), HNSW32, or exact search (Flat)")
+                             f"{ivf.nlist} lists, but there are only {len(t)}; use fewer lists (e.g. "
+                             f"IVF{max(1, int(np.sqrt(len(t))))},Flat), HNSW32, or exact search (Flat)")
         try:
-            index.train(x)
+            index.train(t)
         except RuntimeError as e:
-            raise ValueError(f"cannot train faiss index {factory!r} on {len(x)} vectors: {_faiss_msg(e)}") from None
-    index.add(x)
+            raise ValueError(f"cannot train faiss index {factory!r} on {len(t)} vectors: {_faiss_msg(e)}") from None
+    if len(x):
+        index.add(x)
 
 
 def all_vectors(index: faiss.Index) -> np.ndarray:
@@ -63,14 +74,23 @@ def all_vectors(index: faiss.Index) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- search parameters
-def search_parameter(index: faiss.Index) -> tuple[str, list[int]] | None:
-    """The parameter trading speed for recall, with the values to try (ascending), or None."""
+REFINE_K_FACTORS = (2, 4, 8, 16)
+
+
+def search_parameter(index: faiss.Index) -> list[str] | None:
+    """The search parameter settings trading speed for recall, cheapest first (faiss
+    ParameterSpace strings), or None when there is nothing to tune. A refined index (``Refine``,
+    ``RFlat``) also tries re-ranking more candidates (``k_factor_rf``) at each ``nprobe``."""
     ivf = ivf_of(index)
     if ivf is not None:
-        return "nprobe", [p for p in (1 << i for i in range(20)) if p < ivf.nlist] + [ivf.nlist]
-    if _hnsw(index) is not None:
-        return "efSearch", list(EF_SEARCH)
-    return None
+        values = [f"nprobe={p}" for p in [p for p in (1 << i for i in range(20)) if p < ivf.nlist] + [ivf.nlist]]
+    elif _hnsw(index) is not None:
+        values = [f"efSearch={v}" for v in EF_SEARCH]
+    else:
+        return None
+    if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
+        values = [f"{v},k_factor_rf={k}" for v in values for k in REFINE_K_FACTORS]
+    return values
 
 
 def set_search_params(index: faiss.Index, params: str) -> None:
@@ -93,13 +113,11 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[str, float]:
     """Smallest search parameter value reaching ``target`` recall@k on ``queries`` (or the largest
     value tried). Returns the parameter string (applied to ``index``) and the recall reached."""
-    param = search_parameter(index)
-    if param is None:
+    values = search_parameter(index)
+    if values is None:
         _, found = index.search(queries, truth.shape[1])
         return "", recall_at_k(found, truth)
-    name, values = param
-    for v in values:
-        params = f"{name}={v}"
+    for params in values:
         set_search_params(index, params)
         _, found = index.search(queries, truth.shape[1])
         recall = recall_at_k(found, truth)
@@ -120,6 +138,13 @@ def sample_recall(index: faiss.Index, vectors: np.ndarray, params: str | None = 
     rng = np.random.default_rng(seed)
     q = vectors[rng.choice(n, size=min(n_queries, n), replace=False)]
     _, truth = faiss.knn(q, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return recall_against(index, q, truth, params, target)
+
+
+def recall_against(index: faiss.Index, q: np.ndarray, truth: np.ndarray, params: str | None = None,
+                   target: float = 0.95) -> dict:
+    """:func:`sample_recall` with the exact top-k ``truth`` of queries ``q`` already known."""
+    k = truth.shape[1]
     if params is None and len(q) >= 2:
         half = len(q) // 2
         params, _ = tune(index, q[:half], truth[:half], target)
@@ -132,6 +157,86 @@ def sample_recall(index: faiss.Index, vectors: np.ndarray, params: str | None = 
 
 def index_bytes(index: faiss.Index) -> int:
     return int(faiss.serialize_index(index).nbytes)
+
+
+# ---------------------------------------------------------------------- indexes larger than one array
+def chunked_knn(q: np.ndarray, chunks: Iterable[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k`` of ``q`` over vectors that come in chunks (ids count on across
+    chunks), holding one chunk at a time: ``(scores, ids)``, ids -1 where fewer than k vectors."""
+    best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(q), k), -1, dtype=np.int64)
+    start = 0
+    for x in chunks:
+        if len(x):
+            s, i = faiss.knn(q, np.ascontiguousarray(x, dtype=np.float32), min(k, len(x)),
+                             metric=faiss.METRIC_INNER_PRODUCT)
+            s, i = np.concatenate([best_s, s], 1), np.concatenate([best_i, np.where(i >= 0, i + start, -1)], 1)
+            order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+        start += len(x)
+    return best_s, best_i
+
+
+def sample_rows(chunks: Iterable[np.ndarray], n_total: int, sizes: Sequence[int], seed: int = 0) -> list[np.ndarray]:
+    """Uniform samples without replacement (one per entry of ``sizes``, each capped by what there
+    is, drawn independently) of rows of vectors that come in chunks, in one pass holding one
+    chunk at a time."""
+    rng = np.random.default_rng(seed)
+    groups = [np.sort(rng.choice(n_total, size=min(m, n_total), replace=False)) for m in sizes]
+    out: list[list[np.ndarray]] = [[] for _ in sizes]
+    start, dim = 0, 0
+    for x in chunks:
+        dim = x.shape[1] if x.ndim == 2 else dim
+        for g, rows in zip(groups, out):
+            sel = g[(g >= start) & (g < start + len(x))] - start
+            if len(sel):
+                rows.append(np.asarray(x[sel], dtype=np.float32))
+        start += len(x)
+    return [np.concatenate(r) if r else np.empty((0, dim), np.float32) for r in out]
+
+
+def build_from_chunks(dim: int, factory: str, chunks: Callable[[], Iterable[np.ndarray]], train: np.ndarray | None,
+                      on_disk: str | os.PathLike | None = None, progress: Callable[[int], None] | None = None
+                      ) -> faiss.Index:
+    """An index filled chunk by chunk from ``chunks()`` (a fresh iterable of ``(n, dim)`` float32
+    arrays per call), trained first on ``train`` when it needs training (IVF, PQ).
+
+    ``on_disk``: a file for the inverted lists of an IVF index (faiss ``OnDiskInvertedLists``):
+    each chunk is added to a copy of the trained empty index and written as a block, then the
+    blocks are merged into that file, so the lists never need to fit in memory. Reading the
+    index back needs ``faiss.IO_FLAG_ONDISK_SAME_DIR`` (the file stays next to the index)."""
+    index = new_index(dim, factory)
+    if not index.is_trained:
+        if train is None or not len(train):
+            raise ValueError(f"factory {factory!r} needs training vectors")
+        train_and_add(index, np.empty((0, dim), np.float32), factory, train=train)
+    if on_disk is None:
+        for x in chunks():
+            index.add(np.ascontiguousarray(x, dtype=np.float32))
+            if progress:
+                progress(len(x))
+        return index
+    if ivf_of(index) is None or "Refine" in factory or "RFlat" in factory:
+        raise ValueError(f"on-disk inverted lists need an IVF index without refinement; {factory!r} is not one")
+    from faiss.contrib.ondisk import merge_ondisk
+
+    on_disk = Path(on_disk)
+    blocks, start = [], 0
+    try:
+        for j, x in enumerate(chunks()):
+            block = faiss.clone_index(index)
+            block.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.arange(start, start + len(x)))
+            blocks.append(str(on_disk.with_name(f"{on_disk.name}.block{j:05d}")))
+            faiss.write_index(block, blocks[-1])
+            del block
+            start += len(x)
+            if progress:
+                progress(len(x))
+        merge_ondisk(index, blocks, str(on_disk))
+    finally:
+        for b in blocks:
+            Path(b).unlink(missing_ok=True)
+    return index
 
 
 def ivf_of(index):

@@ -12,10 +12,34 @@ def register(sub) -> None:
                                    "VL model and write a gallery index directory: faiss index, manifest (path, sha256, "
                                    "size), model identity and a report of skipped files. Written atomically.")
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
-    p.add_argument("--out", required=True, metavar="INDEX", help="index directory to write")
+    p.add_argument("--out", metavar="INDEX", help="index directory to write (the faiss backend)")
     _model_args(p)
     p.add_argument("--factory", default="Flat",
-                   help="faiss index_factory string: Flat (exact, default), HNSW32, IVF1024,Flat, ...")
+                   help="faiss index_factory string: Flat (exact, default), HNSW32, IVF1024,Flat, "
+                        "IVF4096,PQ32x8,Refine(SQ8) (large galleries), ...")
+    g = p.add_argument_group("large galleries (the 'scale' extra: pip install -r requirements-scale.txt)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="encode in this process (local, default) or on Ray (ray): a local Ray, or the cluster at "
+                        "--ray-address; writes embedding shards first (resumable), then the index shard by shard")
+    g.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="a Ray cluster (host:port, ray://host:10001 or auto; default: start a local Ray)")
+    g.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="model actors (default: one per GPU of the cluster, else its CPUs less one)")
+    g.add_argument("--work", default=None, metavar="DIR",
+                   help="embedding shards of --engine ray (default .INDEX.shards next to --out); kept when a run "
+                        "fails, so the same command resumes; removed when the index is written")
+    g.add_argument("--on-disk", action="store_true",
+                   help="IVF factories: keep the inverted lists in index.ivfdata beside the index (memory-mapped) "
+                        "instead of in memory (--engine ray)")
+    g.add_argument("--train-size", type=int, default=262_144,
+                   help="vectors sampled to train IVF/PQ factories (--engine ray; default %(default)s)")
+    g.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                   help="store the gallery as a faiss index directory (--out, default) or in Milvus (--uri)")
+    g.add_argument("--uri", default=None, help="Milvus: a local file (./gallery.db: the embedded milvus-lite) or a "
+                                               "server (http://host:19530)")
+    g.add_argument("--collection", default=None, help="Milvus collection (default isa_demo_gallery)")
+    g.add_argument("--milvus-index", default="FLAT", choices=("FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"),
+                   help="Milvus index type (default FLAT: exact search)")
     p.add_argument("--search-params", default=None,
                    help="faiss search parameters for approximate indexes, e.g. efSearch=128 or nprobe=16 "
                         "(default: the smallest reaching --target-recall)")
@@ -31,9 +55,26 @@ def register(sub) -> None:
     _model_args(p, from_index=True)
     p.set_defaults(func=_add)
 
-    p = sub.add_parser("info", help="describe a gallery index")
+    p = sub.add_parser("export", help="copy a faiss gallery index into a Milvus collection",
+                       description="Store the vectors, manifest and model identity of a gallery index in Milvus (the "
+                                   "same ids), so `python app.py --backend milvus --uri URI` serves it.")
     p.add_argument("--index", required=True, metavar="INDEX")
+    p.add_argument("--uri", required=True, help="a local file (./gallery.db: milvus-lite) or http://host:19530")
+    p.add_argument("--collection", default=None, help="Milvus collection (default isa_demo_gallery)")
+    p.add_argument("--milvus-index", default="FLAT", choices=("FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"))
+    p.add_argument("--force", action="store_true", help="replace an existing collection")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("info", help="describe a gallery index (or a Milvus gallery: --backend milvus --uri URI)")
+    p.add_argument("--index", metavar="INDEX")
+    _backend_args(p)
     p.set_defaults(func=_info)
+
+
+def _backend_args(p) -> None:
+    p.add_argument("--backend", choices=("faiss", "milvus"), default="faiss")
+    p.add_argument("--uri", default=None, help="Milvus URI (--backend milvus)")
+    p.add_argument("--collection", default=None, help="Milvus collection (default isa_demo_gallery)")
 
 
 def _model_args(p, from_index: bool = False) -> None:
@@ -46,9 +87,10 @@ def _model_args(p, from_index: bool = False) -> None:
                    help="DataLoader processes decoding images (0: in the main process)")
 
 
-def _report(skipped: list[dict], index_path, relative_to_index: bool) -> None:
+def _report(skipped: list[dict], index_path, relative_to_index: bool, listed: bool = True) -> None:
     if skipped:
-        print(f"skipped {len(skipped)} file(s) (all listed in {os.path.join(index_path, 'skipped.json')}):")
+        where = f" (all listed in {os.path.join(index_path, 'skipped.json')})" if listed else ""
+        print(f"skipped {len(skipped)} file(s){where}:")
         for s in skipped[:20]:
             path = os.path.join(index_path, s["path"]) if relative_to_index else s["path"]
             print(f"  {os.path.relpath(os.path.normpath(path))}: {s['reason']}")
@@ -58,21 +100,57 @@ def _report(skipped: list[dict], index_path, relative_to_index: bool) -> None:
 
 def _build(args) -> int:
     from ..vl import load_vl
-    from .encode import scan_folder
+    from .encode import GalleryError, scan_folder
     from .gallery import GalleryIndex, check_target
 
+    if args.backend == "milvus":
+        return _build_milvus(args)
+    if not args.out:
+        raise GalleryError("index build needs --out INDEX (or --backend milvus --uri URI)")
+    if args.on_disk and args.engine != "ray":
+        raise GalleryError("--on-disk builds the index shard by shard: use it with --engine ray")
     check_target(args.out, args.force)  # cheap checks before loading the model
     scan_folder(args.images)
+    if args.engine == "ray":
+        from ..common import require_extra
+
+        require_extra("ray.data", "the Ray engine (--engine ray)")
     vl = load_vl(**vl_kwargs(args))
-    g = GalleryIndex.build(args.images, args.out, vl, args.factory, batch_size=args.batch_size,
-                           workers=args.workers, search_params=args.search_params,
-                           target_recall=args.target_recall, overwrite=args.force)
+    if args.engine == "ray":
+        g = GalleryIndex.build_ray(args.images, args.out, vl, args.factory, address=args.ray_address,
+                                   workers=args.ray_workers, batch_size=args.batch_size, work=args.work,
+                                   on_disk=args.on_disk, train_size=args.train_size, search_params=args.search_params,
+                                   target_recall=args.target_recall, overwrite=args.force)
+    else:
+        g = GalleryIndex.build(args.images, args.out, vl, args.factory, batch_size=args.batch_size,
+                               workers=args.workers, search_params=args.search_params,
+                               target_recall=args.target_recall, overwrite=args.force)
     src = g.meta["sources"][-1]
     print(f"indexed {src['added']} image(s) of {src['files']} into {args.out}")
     if not g.meta["exact"]:
         print(f"recall@10 of {g.factory} vs exact search: {g.meta['recall_at_10']:.4f} "
               f"({g.meta['search_params'] or 'default parameters'}, {g.meta['recall_queries']} sample queries)")
     _report(g.skipped, args.out, relative_to_index=True)
+    return 0
+
+
+def _build_milvus(args) -> int:
+    from ..vl import load_vl
+    from . import milvus
+    from .encode import GalleryError, scan_folder
+
+    if not args.uri:
+        raise GalleryError("--backend milvus needs --uri (a local file such as ./gallery.db, or http://host:19530)")
+    collection = args.collection or milvus.DEFAULT_COLLECTION
+    milvus.check_target(milvus.connect(args.uri), args.uri, collection, args.force)  # before loading the model
+    scan_folder(args.images)
+    vl = load_vl(**vl_kwargs(args))
+    g = milvus.build(args.images, args.uri, vl, collection, engine=args.engine, index_type=args.milvus_index,
+                     overwrite=args.force, batch_size=args.batch_size, workers=args.workers,
+                     ray_address=args.ray_address, ray_workers=args.ray_workers, work=args.work)
+    src = g.meta["sources"][-1]
+    print(f"stored {src['added']} image(s) of {src['files']} in Milvus collection {collection} at {args.uri}")
+    _report([{**s, "path": str(s["path"])} for s in g.skipped], ".", relative_to_index=False, listed=False)
     return 0
 
 
@@ -104,9 +182,19 @@ def _add(args) -> int:
     return 0
 
 
-def _info(args) -> int:
+def _export(args) -> int:
+    from . import milvus
     from .gallery import GalleryIndex
 
     g = GalleryIndex.load(args.index)
-    print(g.info())
+    m = milvus.from_index(g, args.uri, args.collection or milvus.DEFAULT_COLLECTION, index_type=args.milvus_index,
+                          overwrite=args.force)
+    print(f"stored {len(m):,} vectors of {args.index} in Milvus collection {m.collection} at {args.uri}")
+    return 0
+
+
+def _info(args) -> int:
+    from .store import open_gallery
+
+    print(open_gallery(args.index, backend=args.backend, uri=args.uri, collection=args.collection).info())
     return 0

@@ -61,24 +61,14 @@ def scan_folder(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     return images, skipped
 
 
-class ImageFiles(Dataset):
-    """Item ``i``: ``(info, tensor or None)``; ``info`` has ``i``, and ``sha256``/``bytes``/``width``/
-    ``height`` when known, or ``reason`` when the file is skipped."""
-
-    def __init__(self, paths: list[Path], transform: Callable, known_hashes: set[str] | frozenset = frozenset()):
-        self.paths = paths
-        self.transform = transform
-        self.known = known_hashes
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            data = self.paths[i].read_bytes()
-        except OSError as e:
-            return {"i": i, "reason": f"cannot read file ({e.strerror or e})"}, None
-        return decode_bytes(data, self.transform, {"i": i}, self.known)
+def read_image_file(path: Path, transform: Callable, known: set[str] | frozenset = frozenset()) -> tuple[dict, object]:
+    """One file -> ``(info, tensor or None)`` by the rules of :func:`decode_bytes`. Never raises for
+    a bad file (the Ray engine's workers call it too)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return {"reason": f"cannot read file ({e.strerror or e})"}, None
+    return decode_bytes(data, transform, {}, known)
 
 
 def decode_bytes(data: bytes, transform: Callable, info: dict, known: set[str] | frozenset = frozenset()):
@@ -101,6 +91,23 @@ def decode_bytes(data: bytes, transform: Callable, info: dict, known: set[str] |
     except Exception as e:  # a decoder bug on a hostile file must not end the build
         info["reason"] = f"could not decode ({type(e).__name__}: {e})"
     return info, None
+
+
+class ImageFiles(Dataset):
+    """Item ``i``: ``(info, tensor or None)`` of :func:`read_image_file`, ``info["i"] = i``."""
+
+    def __init__(self, paths: list[Path], transform: Callable, known_hashes: set[str] | frozenset = frozenset()):
+        self.paths = paths
+        self.transform = transform
+        self.known = known_hashes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        info, x = read_image_file(self.paths[i], self.transform, self.known)
+        info["i"] = i
+        return info, x
 
 
 def _collate(items):
@@ -151,32 +158,55 @@ def encode_files(vl, paths: list[Path], known_hashes: Iterable[str] = (), batch_
     known = set(known_hashes)
     loader = DataLoader(ImageFiles(paths, vl.preprocess, frozenset(known)), batch_size=batch_size,
                         num_workers=workers, collate_fn=_collate, pin_memory=str(vl.device).startswith("cuda"))
-    feats, records, skipped, n_known = [], [], [], 0
-    first_of: dict[str, Path] = {}
+    feats: list[np.ndarray] = []
+    kept = Collector()
     bar = Progress(len(paths), desc, progress)
     try:
         for infos, x in loader:
             f = encode_tensor(vl, x) if x is not None else None
             row = 0
             for info in infos:
-                path = paths[info["i"]]
-                if info.get("known"):
-                    n_known += 1
-                    continue
-                if "reason" in info:
-                    skipped.append({"path": path, "reason": info["reason"]})
-                    continue
-                vec, row = f[row], row + 1
-                sha = info["sha256"]
-                if sha in first_of:
-                    skipped.append({"path": path, "reason": f"same content as {first_of[sha]}"})
-                    continue
-                first_of[sha] = path
-                feats.append(vec)
-                records.append({"file": path, "sha256": sha, "bytes": info["bytes"], "width": info["width"],
-                                "height": info["height"]})
+                if has_vector(info):
+                    vec, row = f[row], row + 1
+                    if kept.add(paths[info["i"]], info):
+                        feats.append(vec)
+                else:
+                    kept.add(paths[info["i"]], info)
             bar.update(len(infos))
     finally:
         bar.close()
     features = np.stack(feats).astype(np.float32) if feats else np.empty((0, vl.embed_dim), np.float32)
-    return Encoded(features, records, skipped, n_known)
+    return Encoded(features, kept.records, kept.skipped, kept.known)
+
+
+def has_vector(info: dict) -> bool:
+    """Whether :func:`read_image_file` gave this file a tensor (so the encoder gives it a vector)."""
+    return not info.get("known") and "reason" not in info
+
+
+class Collector:
+    """Files' read results, in file order -> the records kept (the first file of each content),
+    the files skipped (with the reason, duplicates included) and the count already indexed."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+        self.skipped: list[dict] = []
+        self.known = 0
+        self.first_of: dict[str, Path] = {}
+
+    def add(self, path: Path, info: dict) -> bool:
+        """Take one file's ``info``; True when its vector is kept."""
+        if info.get("known"):
+            self.known += 1
+            return False
+        if "reason" in info:
+            self.skipped.append({"path": path, "reason": info["reason"]})
+            return False
+        sha = info["sha256"]
+        if sha in self.first_of:
+            self.skipped.append({"path": path, "reason": f"same content as {self.first_of[sha]}"})
+            return False
+        self.first_of[sha] = path
+        self.records.append({"file": path, "sha256": sha, "bytes": info["bytes"], "width": info["width"],
+                             "height": info["height"]})
+        return True

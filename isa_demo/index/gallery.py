@@ -35,12 +35,15 @@ from ..common import file_sha256
 from ..errors import IntegrityError
 from ..vl.model import describe_identity, same_model
 from . import ann
-from .encode import IMAGE_EXTENSIONS, Encoded, GalleryError, encode_files, scan_folder
+from .encode import IMAGE_EXTENSIONS, Encoded, GalleryError, Progress, encode_files, scan_folder
 
 FORMAT = "isa-demo-gallery"
 VERSION = 1
 META, INDEX, MANIFEST, SKIPPED = "meta.json", "index.faiss", "manifest.jsonl", "skipped.json"
 CHECKSUMS = "checksums"
+IVFDATA = "index.ivfdata"  # the inverted lists of an index built with on_disk=True
+TRAIN_SIZE = 262_144  # vectors sampled to train an index that needs training (IVF, PQ), when there are as many
+RECALL_QUERIES = 1000
 
 
 class GalleryIdentityError(GalleryError):
@@ -141,6 +144,28 @@ class GalleryIndex:
     def hashes(self) -> set[str]:
         return {r["sha256"] for r in self.records}
 
+    @property
+    def engine(self) -> str:
+        return f"faiss {self.factory} inner product"
+
+    def ids_with_content(self, sha256: str) -> list[int]:
+        """Gallery ids whose file has this content hash."""
+        if getattr(self, "_by_sha", None) is None or self._by_sha[0] != len(self.records):
+            table: dict[str, list[int]] = {}
+            for i, r in enumerate(self.records):
+                if r.get("sha256"):
+                    table.setdefault(r["sha256"], []).append(i)
+            self._by_sha = (len(self.records), table)
+        return self._by_sha[1].get(sha256, [])
+
+    def image_roots(self) -> list[str]:
+        """The image folders the index was built from (what a server may serve)."""
+        roots = [os.path.normpath(os.path.join(str(self.path), s["images"])) for s in self.meta.get("sources") or []]
+        if not roots and len(self):
+            parents = {str(self.path_of(i).parent) for i in range(len(self))}
+            roots.append(os.path.commonpath(sorted(parents)) if len(parents) > 1 else parents.pop())
+        return roots
+
     # ------------------------------------------------------------------ search
     def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` gallery ids for query features ``(B, D)`` or ``(D,)`` (torch or numpy).
@@ -160,16 +185,21 @@ class GalleryIndex:
     def save(self, overwrite: bool = True) -> None:
         """Write the whole index directory atomically (replacing a previous version)."""
         check_target(self.path, overwrite)
+        with atomic_dir(self.path) as tmp:
+            self._write(tmp)
+
+    def _write(self, tmp: Path) -> None:
         self.meta["count"] = len(self)
         self.meta.pop(CHECKSUMS, None)
-        with atomic_dir(self.path) as tmp:
-            faiss.write_index(self.index, str(tmp / INDEX))
-            with open(tmp / MANIFEST, "w") as f:
-                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
-            (tmp / SKIPPED).write_text(json.dumps(self.skipped, indent=1))
-            sums = {name: file_sha256(tmp / name) for name in (INDEX, MANIFEST, SKIPPED)}
-            sums[META] = meta_digest(self.meta)
-            (tmp / META).write_text(json.dumps({**self.meta, CHECKSUMS: sums}, indent=2))
+        if self.meta.get("on_disk") and not (tmp / self.meta["on_disk"]).exists():
+            shutil.copyfile(self.path / self.meta["on_disk"], tmp / self.meta["on_disk"])
+        faiss.write_index(self.index, str(tmp / INDEX))
+        with open(tmp / MANIFEST, "w") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
+        (tmp / SKIPPED).write_text(json.dumps(self.skipped, indent=1))
+        sums = {name: file_sha256(tmp / name) for name in (INDEX, MANIFEST, SKIPPED)}
+        sums[META] = meta_digest(self.meta)
+        (tmp / META).write_text(json.dumps({**self.meta, CHECKSUMS: sums}, indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_identity: dict | None = None) -> "GalleryIndex":
@@ -199,7 +229,7 @@ class GalleryIndex:
         if expected_identity is not None:
             check_identity(meta["model"], expected_identity, path)
         try:
-            index = faiss.read_index(str(path / INDEX))
+            index = faiss.read_index(str(path / INDEX), faiss.IO_FLAG_ONDISK_SAME_DIR if meta.get("on_disk") else 0)
             with open(path / MANIFEST, encoding="utf-8") as f:
                 records = [json.loads(line) for line in f if line.strip()]
             skipped = json.loads((path / SKIPPED).read_text()) if (path / SKIPPED).exists() else []
@@ -271,11 +301,103 @@ class GalleryIndex:
         g.save(overwrite=overwrite)
         return g
 
+    @classmethod
+    def build_ray(cls, images: str | os.PathLike, out: str | os.PathLike, vl, factory: str = ann.EXACT, *,
+                  address: str | None = None, workers: int | None = None, batch_size: int = 64,
+                  work: str | os.PathLike | None = None, shard_files: int = 4096, on_disk: bool = False,
+                  train_size: int = TRAIN_SIZE, search_params: str | None = None, target_recall: float = 0.95,
+                  overwrite: bool = False, progress: Callable | None = None) -> "GalleryIndex":
+        """:meth:`build` with the encoding on Ray (:mod:`isa_demo.index.distributed`): embedding
+        shards under ``work`` (default ``.OUT.shards`` next to ``out``; kept when the run fails, so
+        a rerun resumes), then the index filled shard by shard (:meth:`from_shards`). ``vl``: a
+        VL model or an :class:`~isa_demo.index.distributed.ImageEncoder`."""
+        from .distributed import ImageEncoder, encode_to_shards
+
+        out = Path(out)
+        check_target(out, overwrite)
+        encoder = vl if isinstance(vl, ImageEncoder) else ImageEncoder(vl)
+        try:
+            ann.new_index(encoder.embed_dim, factory)
+        except ValueError as e:
+            raise GalleryError(str(e)) from None
+        work = Path(work) if work is not None else out.parent / f".{out.name}.shards"
+        files, skipped = scan_folder(images, exclude=[out, work])
+        if not files:
+            raise GalleryError(_no_images_message(images, skipped))
+        shards = encode_to_shards(encoder, files, work, address=address, workers=workers, batch_size=batch_size,
+                                  shard_files=shard_files, progress=progress, desc=f"encode {images}")
+        g = cls.from_shards(out, shards, encoder.identity, factory, images=images, skipped=skipped,
+                            on_disk=on_disk, train_size=train_size, search_params=search_params,
+                            target_recall=target_recall, overwrite=overwrite, progress=progress)
+        shards.remove()
+        return g
+
+    @classmethod
+    def from_shards(cls, out: str | os.PathLike, shards, identity: dict, factory: str = ann.EXACT, *,
+                    images: str | os.PathLike | None = None, skipped: list[dict] | None = None, on_disk: bool = False,
+                    train_size: int = TRAIN_SIZE, search_params: str | None = None, target_recall: float = 0.95,
+                    overwrite: bool = False, seed: int = 0, progress: Callable | None = None) -> "GalleryIndex":
+        """Write the index of embedding shards (:class:`isa_demo.index.shards.ShardSet`) to ``out``,
+        holding one shard of vectors in memory at a time: an index that needs training is trained
+        on ``train_size`` vectors sampled from all shards, then filled shard by shard; with
+        ``on_disk`` its inverted lists go to ``index.ivfdata`` beside it (faiss
+        ``OnDiskInvertedLists``). Recall@10 of an approximate index is measured against exact
+        search (computed shard by shard) on 1,000 sampled vectors, as in :meth:`from_features`."""
+        from .shards import collect, kept_vectors
+
+        out = Path(out)
+        check_target(out, overwrite)
+        kept, keep = collect(shards)
+        kept.skipped = list(skipped or []) + kept.skipped
+        n = len(kept.records)
+        if not n:
+            raise GalleryError(f"none of the {len(shards.files)} image files under {images} could be used: "
+                               f"{_summarize(kept.skipped)}")
+        dim = int(shards.read_vectors(0).shape[1]) if len(shards) else int(identity.get("embed_dim") or 0)
+        exact = ann.is_exact(factory)
+
+        def chunks():
+            for x in kept_vectors(shards, keep):
+                x = ann.as_float32(x)
+                faiss.normalize_L2(x)
+                yield x
+
+        train, q = ann.sample_rows(chunks(), n, [0 if exact else train_size, 0 if exact else RECALL_QUERIES], seed)
+        now = _now()
+        meta = {"format": FORMAT, "version": VERSION, "created": now, "updated": now, "model": identity,
+                "factory": factory, "exact": exact, "metric": "inner_product", "dim": dim, "count": n,
+                "search_params": "", "recall_at_10": 1.0 if exact else None, "sources": []}
+        if on_disk:
+            meta["on_disk"] = IVFDATA
+        bar = Progress(n, f"fill {factory} index", progress)
+        with atomic_dir(out) as tmp:
+            try:
+                index = ann.build_from_chunks(dim, factory, chunks, train if len(train) else None,
+                                              on_disk=tmp / IVFDATA if on_disk else None, progress=bar.update)
+            except ValueError as e:
+                raise GalleryError(str(e)) from None
+            finally:
+                bar.close()
+            g = cls(out, index, [_record(r, out) for r in kept.records], meta, [_skip(s, out) for s in kept.skipped])
+            if not exact:
+                _, truth = ann.chunked_knn(q, chunks(), min(10, n))
+                g.meta.update(ann.recall_against(index, q, truth, search_params, target_recall))
+            if images is not None:
+                g.meta["sources"].append(_source(images, out, kept, len(shards.files)))
+            g._write(tmp)
+        if on_disk:  # the lists were written in the temporary folder: reopen them where they are now
+            g.index = faiss.read_index(str(out / INDEX), faiss.IO_FLAG_ONDISK_SAME_DIR)
+            ann.set_search_params(g.index, g.meta["search_params"])
+        return g
+
     def add(self, images: str | os.PathLike, vl, *, batch_size: int = 64, workers: int = 0,
             progress: Callable | None = None) -> Encoded:
         """Encode the images under ``images`` that are not indexed yet (by content hash), add them
         and rewrite the index atomically. Returns what was encoded (``.records``, ``.skipped``,
         ``.known``: files already indexed)."""
+        if self.meta.get("on_disk"):
+            raise GalleryError(f"{self.path} keeps its inverted lists on disk ({self.meta['on_disk']}), which `index "
+                               f"add` does not extend; rebuild it with `index build --force` over all the images")
         check_identity(self.identity, vl.identity(), self.path)
         files, skipped = scan_folder(images, exclude=[self.path])
         if not files:
@@ -367,7 +489,7 @@ def _skip(s: dict, root: Path) -> dict:
             "date": s.get("date", _now())}
 
 
-def _source(images, root: Path, enc: Encoded, n_files: int) -> dict:
+def _source(images, root: Path, enc, n_files: int) -> dict:
     return {"images": _rel(images, root), "date": _now(), "files": n_files, "added": len(enc.records),
             "skipped": len(enc.skipped), "already_indexed": enc.known}
 
