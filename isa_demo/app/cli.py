@@ -17,6 +17,7 @@ DEFAULT_MAX_QUEUE = 64
 DEFAULT_MAX_FILE_SIZE = "10mb"
 DEFAULT_CACHE_TTL = 900  # seconds an upload or other cached file is kept
 DEFAULT_CACHE_SWEEP = 300  # seconds between two sweeps of the cache
+DEFAULT_SESSIONS = 256  # browser/API sessions whose state the server keeps (gradio's default: 10,000)
 
 
 def env_default(name: str, default, kind=str):
@@ -60,6 +61,9 @@ def add_app_args(p: argparse.ArgumentParser) -> None:
     limits.add_argument("--cache-sweep", type=int, default=env_default("CACHE_SWEEP", DEFAULT_CACHE_SWEEP, int),
                         help="seconds between two deletions of expired cached files; ISA_DEMO_CACHE_SWEEP "
                              "(default %(default)s)")
+    limits.add_argument("--max-sessions", type=int, default=env_default("MAX_SESSIONS", DEFAULT_SESSIONS, int),
+                        help="sessions whose state is kept in memory, the least recently used dropped first (every "
+                             "API call is a session of its own); ISA_DEMO_MAX_SESSIONS (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     add_device_arg(p)
 
@@ -84,14 +88,16 @@ def build_demo(service, concurrency: int = DEFAULT_CONCURRENCY, max_queue: int =
 
 
 def launch(demo, service, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
-           block: bool = True, quiet: bool = False, max_file_size: str | int = DEFAULT_MAX_FILE_SIZE):
+           block: bool = True, quiet: bool = False, max_file_size: str | int = DEFAULT_MAX_FILE_SIZE,
+           max_sessions: int = DEFAULT_SESSIONS):
     """Start the server; serves files only from the gallery, the world's test images and the
     app's own assets (``service.allowed_paths()``)."""
     from .ui import CSS, PAGE_JS
 
     return demo.launch(server_name=host, server_port=port, share=share, allowed_paths=service.allowed_paths(),
                        max_file_size=max_file_size, show_error=False, prevent_thread_lock=not block, quiet=quiet,
-                       css=CSS, js=PAGE_JS, footer_links=["api"], ssr_mode=False, run_history=False)
+                       css=CSS, js=PAGE_JS, footer_links=["api"], ssr_mode=False, run_history=False,
+                       state_session_capacity=max(1, int(max_sessions)))
 
 
 def _faiss_single_thread() -> None:
@@ -125,7 +131,8 @@ def serve(args) -> int:
     demo = build_demo(service, args.concurrency, args.max_queue, delete_cache_setting(args.cache_ttl, args.cache_sweep))
     print(f"ready in {time.perf_counter() - t0:.1f} s: {len(service.gallery):,} gallery images, methods "
           f"{', '.join(service.catalogue.method_choices())}", file=sys.stderr)
-    launch(demo, service, args.host, args.port, args.share, block=True, max_file_size=args.max_file_size)
+    launch(demo, service, args.host, args.port, args.share, block=True, max_file_size=args.max_file_size,
+           max_sessions=args.max_sessions)
     return 0
 
 

@@ -23,6 +23,9 @@ MOD_TYPES = ["add", "remove", "colour", "shape", "size", "position", "background
 TABLES = [
     ("Built-in VL model: scene-level retrieval on the world's test split", "python -m isa_demo bench vl",
      "vl_retrieval.csv", ["model", "direction", "queries", "gallery", "R@1", "R@5", "R@10"], 3),
+    ("Built-in VL model: what it binds (a caption against its own image and the image one change away; "
+     "0.5 is chance)", "python -m isa_demo bench vl", "vl_binding.csv",
+     ["model", "change", "pairs", "caption_prefers_own", "image_cos", "caption_cos"], 3),
     ("Composed retrieval on the world's test split (every metric on one ranking, the reference removed, %)",
      "python -m isa_demo bench accuracy",
      "accuracy.csv", ACCURACY_KEYS + ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "mAP@5", "mAP@10",

@@ -1,5 +1,9 @@
 """Caption <-> image retrieval of a VL model on the world (scene level: any image or caption
-with the same scene graph counts as a hit)."""
+with the same scene graph counts as a hit), and what it binds: for each kind of single change
+(colour, shape, size, position, add, remove, background), how often a scene's caption scores its
+own image above the image one change away (the world's reference/target pairs of that kind, in
+both directions; 0.5 is chance), with the mean cosine of the two images and of the two captions.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -41,6 +45,33 @@ def evaluate_vl(vl: VLModel, world: World, split: str = "test", batch_size: int 
     ])
 
 
+@torch.no_grad()
+def binding(vl: VLModel, world: World, split: str = "test", batch_size: int = 256) -> pd.DataFrame:
+    recs = {r["name"]: r for r in world.records(split)}
+    pairs = [(q["reference"], q["target_hard"], q["mod_type"]) for q in world.queries(split)
+             if not q["mod_type"].startswith("pair")]
+    names = sorted({n for a, b, _ in pairs for n in (a, b)})
+    row = {n: i for i, n in enumerate(names)}
+    arr = world.image_array(split, vl.image_size)
+    order = {r["name"]: i for i, r in enumerate(world.records(split))}
+    sub = arr[[order[n] for n in names]]
+    img = torch.cat([vl.encode_image_tensor(vl.uint8_to_tensor(sub[i:i + batch_size]))
+                     for i in range(0, len(names), batch_size)]).float()
+    txt = vl.encode_texts([recs[n]["caption"] for n in names]).float()
+    img, txt = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
+    out = []
+    for kind in sorted({k for _, _, k in pairs}):
+        a = torch.tensor([row[x] for x, _, k in pairs if k == kind])
+        b = torch.tensor([row[y] for _, y, k in pairs if k == kind])
+        own = torch.cat([(txt[a] * img[a]).sum(-1) > (txt[a] * img[b]).sum(-1),
+                         (txt[b] * img[b]).sum(-1) > (txt[b] * img[a]).sum(-1)])
+        out.append({"model": vl.name, "change": kind, "pairs": len(a),
+                    "caption_prefers_own": float(own.float().mean()),
+                    "image_cos": float((img[a] * img[b]).sum(-1).mean()),
+                    "caption_cos": float((txt[a] * txt[b]).sum(-1).mean())})
+    return pd.DataFrame(out)
+
+
 def register(sub) -> None:
     p = sub.add_parser("vl", help="caption<->image retrieval of the VL model on the world (scene level)",
                        description="Scene-level caption->image and image->caption Recall@1/5/10 on a world split; "
@@ -49,6 +80,7 @@ def register(sub) -> None:
     p.add_argument("--split", default="test")
     add_vl_args(p)
     p.add_argument("--out", default=str(RESULTS_DIR / "vl_retrieval.csv"))
+    p.add_argument("--binding-out", default=str(RESULTS_DIR / "vl_binding.csv"))
     p.set_defaults(func=_bench)
 
 
@@ -56,11 +88,12 @@ def _bench(args) -> int:
     from ..evaluation.results import merge_rows, write_table
     from ..vl import load_vl
 
-    df = evaluate_vl(load_vl(**vl_kwargs(args)), World(args.world), args.split)
-    if args.out:  # one table for every VL model measured: this model's rows replaced, the others kept
-        df = merge_rows(df, args.out, "model")
-    print(df.to_string(index=False, float_format="%.4f"))
-    if args.out:
-        write_table(df, args.out)
-        print(f"wrote {args.out}")
+    vl, world = load_vl(**vl_kwargs(args)), World(args.world)
+    for df, out in ((evaluate_vl(vl, world, args.split), args.out), (binding(vl, world, args.split), args.binding_out)):
+        if out:  # one table for every VL model measured: this model's rows replaced, the others kept
+            df = merge_rows(df, out, "model")
+        print(df.to_string(index=False, float_format="%.4f"))
+        if out:
+            write_table(df, out)
+            print(f"wrote {out}")
     return 0

@@ -101,7 +101,7 @@ def perturb(scene: dict, rng: np.random.Generator, weights: dict[str, float] | N
     kinds = [k for t, ks in PERTURBATIONS.items() for k in ks if len(objs) > 1 or not k.startswith("swap")]
     p = np.array([(weights or {}).get(next(t for t, ks in PERTURBATIONS.items() if k in ks), 1.0) for k in kinds])
     for _ in range(20):
-        kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
+        kind = _pick(rng, kinds) if len(set(p)) == 1 else kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
         if kind.startswith("swap"):
             i, j = rng.choice(len(objs), size=2, replace=False)
             key = kind.split("_")[1]

@@ -17,6 +17,11 @@ is the first model ``isa-world-vit``'s):
 - ``captions``: ``diverse`` draws from several true grammars (:mod:`isa_demo.training.captions`:
   relative clauses, attribute orders, counts, statements of absence); ``world`` uses the world's
   own four paraphrase templates only.
+- ``mix``: which near variants and hard-negative captions to draw more often (``position:3,shape:2``
+  weighs cell changes 3x); the default draws every kind alike. ``scene_loss``: a head reading the
+  image embedding back into its scene graph (:class:`SceneHead`), beside the CLIP loss; default off.
+  Both target what ``python -m isa_demo bench vl`` measures as unbound (its binding table): in
+  short trials (docs/experiments.md) neither taught position yet. ``init``: fine-tune a checkpoint.
 - ``precision``: bf16 autocast where the hardware has it (:mod:`isa_demo.training.precision`).
 
 The checkpoint stores only the token-embedding rows training updated (a few dozen of 49,408;
@@ -48,6 +53,7 @@ from ..vl.model import (
 from ..world import World
 from ..world.render import IMAGE_SIZE, render
 from ..world.scene import BACKGROUNDS, COLOURS, MOD_TYPES, SHAPES, SIZES, modify, scene_key
+from ..world.scene import near_variant as world_near_variant
 from . import precision as amp
 from .captions import describe, draw_form, negative
 from .state import cosine_schedule, load_state, save_state
@@ -96,8 +102,11 @@ def parse_mix(mix: str) -> dict[str, float]:
 
 
 def near_variant(scene: dict, rng: np.random.Generator, weights: dict[str, float]) -> dict:
-    """A scene one single modification away from ``scene`` (type drawn by ``weights``), or ``scene``
-    itself when no modification applies. Only the scene is kept, never the modifier text."""
+    """A scene one single modification away from ``scene`` (type drawn by ``weights``; equal weights
+    draw as the world's own :func:`isa_demo.world.scene.near_variant`), or ``scene`` itself when no
+    modification applies. Only the scene is kept, never the modifier text."""
+    if len(set(weights.values())) == 1:
+        return world_near_variant(scene, rng, {scene_key(scene)}) or scene
     kinds, p = list(weights), np.array(list(weights.values()))
     for _ in range(50):
         res = modify(scene, kinds[int(rng.choice(len(kinds), p=p / p.sum()))], rng)
@@ -168,7 +177,7 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
              batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.1, seed: int = 0,
              state_path: str | None = None, device: str | None = None, save_every: int = 100,
              max_images: int | None = None, variants: float = 0.5, text_negatives: bool = True,
-             captions: str = "diverse", mix: str = "position:3,shape:2", scene_loss: float = 1.0,
+             captions: str = "diverse", mix: str = "", scene_loss: float = 0.0,
              init: str | None = None, precision: str = "auto") -> Path:
     if captions not in CAPTIONS:
         raise ValueError(f"captions must be one of {CAPTIONS}, not {captions!r}")
