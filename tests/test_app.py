@@ -745,7 +745,7 @@ def test_concurrent_composes_run_as_one_batch(service, example):
         m.encode_reference = real
     assert errors == ["the modifier text is empty: type what should change, e.g. 'make the circle red'"]
     done = [r for r in results if r is not None]
-    assert len(done) == 5 and calls["n"] <= 2 and max(r.batch_size for r in done) >= 4
+    assert len(done) == 5 and calls["n"] <= 2 and max(r.batch_size for r in done) >= 3  # 5 queries in at most 2 batches
     for r in done:
         assert r.ids == alone.ids
         np.testing.assert_allclose(r.scores, alone.scores, atol=1e-5)

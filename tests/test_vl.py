@@ -101,6 +101,48 @@ def test_vl_retrieval_table(tiny_vl, small_world):
     assert (df["R@1"] <= df["R@10"]).all()
 
 
+def test_vl_training_with_mix_scene_head_and_init(small_world, tmp_path):
+    from isa_demo.training.vl import train_vl
+
+    first = train_vl(str(small_world), out=str(tmp_path / "a.safetensors"), name="isa-test-tiny", epochs=0.1,
+                     batch_size=32, state_path=str(tmp_path / "a.pt"), device="cpu")
+    out = train_vl(str(small_world), out=str(tmp_path / "b.safetensors"), name="isa-test-tiny", epochs=0.1,
+                   batch_size=32, state_path=str(tmp_path / "b.pt"), device="cpu", mix="position:3,shape:2",
+                   scene_loss=1.0, init=str(first))
+    vl = load_vl("isa-test-tiny", str(out), device="cpu")  # the scene head is not exported
+    assert not any(k.startswith("scene_head") for k in vl.model.state_dict())
+
+
+def test_mix_weighs_variants_and_negatives():
+    import numpy as np
+
+    from isa_demo.training.captions import perturb
+    from isa_demo.training.vl import near_variant, parse_mix
+    from isa_demo.world.scene import random_scene
+
+    with pytest.raises(ValueError, match="TYPE:WEIGHT"):
+        parse_mix("colour")
+    with pytest.raises(ValueError, match="TYPE:WEIGHT"):
+        parse_mix("hue:2")
+    only_position = {**parse_mix(""), **dict.fromkeys(["colour", "shape", "size", "add", "remove", "background"], 0)}
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scene = random_scene(rng, 2)
+        for other in (near_variant(scene, rng, only_position), perturb(scene, rng, only_position)):
+            assert other["background"] == scene["background"]
+            assert sorted((o["shape"], o["colour"], o["size"]) for o in other["objects"]) == \
+                sorted((o["shape"], o["colour"], o["size"]) for o in scene["objects"])  # only cells differ
+
+
+def test_binding_table(tiny_vl, small_world):
+    from isa_demo.bench.vl import binding
+    from isa_demo.world import World
+
+    df = binding(tiny_vl, World(small_world), "test")
+    assert set(df["change"]) <= {"colour", "shape", "size", "position", "add", "remove", "background"}
+    assert ((df["caption_prefers_own"] >= 0) & (df["caption_prefers_own"] <= 1)).all() and (df["pairs"] > 0).all()
+
+
 def test_explanations_decode_only_learned_words(tiny_vl, tmp_path):
     """A checkpoint records the words its model learned; pseudo words decode only into those,
     never into BPE rows the model never trained. The token embedding round-trips as int8 rows."""

@@ -69,6 +69,11 @@ TABLES = [
     ("Training on real data: images per second (ViT-B-32-sized random weights, 224 px, the lightest backbone)",
      "python -m isa_demo bench train-throughput", "train_throughput.csv",
      ["device", "trainer", "stage", "images", "seconds", "images_per_s", "speedup_vs_cold"], 1),
+    ("Galleries beyond one process: Ray encoding, IVF-PQ at 10M vectors, Milvus (2-core CPU)",
+     "python -m isa_demo bench scale", "scale.csv",
+     ["part", "system", "workers", "n", "img_per_s", "steady_img_per_s", "steady_ratio", "startup_s", "index",
+      "search_params", "build_s", "rss_over_index", "recall@10", "b1_p50_ms", "b1_p99_ms", "same_top10",
+      "same_top10_set"], 3),
 ]
 
 

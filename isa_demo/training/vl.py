@@ -132,10 +132,11 @@ def _variant_images(scenes: list[dict], rng: np.random.Generator, size: int,
 class SceneHead(torch.nn.Module):
     """Reads an image embedding back into its scene graph: per cell of the 3x3 grid the shape (or
     empty), the colour and the size of its object, and the background. Trained beside the CLIP loss
-    (``scene_loss``), it makes the image tower say *where* each object is; without it both towers of
-    this model learned to ignore position (caption pairs that differ only in an object's cell scored
-    at chance, 0.50) and the contrastive loss alone never left that state (its gradient towards
-    position needs the other tower to see position already). Training only: not exported."""
+    (``scene_loss``), it asks the image tower to say *where* each object is: both towers of the
+    shipped models ignore position (``bench vl``'s binding table: caption pairs that differ only in
+    an object's cell score at chance), and the contrastive loss alone has no gradient towards it
+    while the other tower ignores it too. Short trials did not teach position yet (docs/experiments.md).
+    Training only: not exported."""
 
     def __init__(self, dim: int):
         super().__init__()
