@@ -103,6 +103,34 @@ def test_index_build_killed_then_rerun_is_identical(small_world, tiny_weights, t
     np.testing.assert_array_equal(all_vectors(a.index), all_vectors(b.index))
 
 
+def test_index_add_killed_leaves_the_old_index_or_the_new_one(small_world, tiny_weights, tmp_path):
+    """``index add`` rewrites the index atomically: killed anywhere, the index on disk loads and is
+    either the one before the add or the one after it; the rerun ends identical to an unbroken add."""
+    from isa_demo.index import GalleryIndex
+    from isa_demo.index.ann import all_vectors
+
+    files = sorted((small_world / "images" / "test").iterdir())
+    first, more = tmp_path / "first", tmp_path / "more"
+    for folder, part in ((first, files[: len(files) // 2]), (more, files[len(files) // 2:])):
+        folder.mkdir()
+        for f in part:
+            shutil.copy(f, folder / f.name)
+    model = ["--vl-model", "isa-test-tiny", "--vl-pretrained", tiny_weights, "--workers", "0", "--batch-size", "8"]
+    assert isa_demo("index", "build", "--images", str(first), "--out", str(tmp_path / "a"), *model).returncode == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    before = GalleryIndex.load(tmp_path / "a").records
+    full = timed("index", "add", "--index", str(tmp_path / "a"), "--images", str(more), *model)
+    after = GalleryIndex.load(tmp_path / "a")
+    assert len(after.records) == len(files)
+    frac = killed_at_random(["index", "add", "--index", str(tmp_path / "b"), "--images", str(more), *model], full)
+    assert GalleryIndex.load(tmp_path / "b").records in (before, after.records), f"killed at {frac:.2f} (seed {SEED})"
+    again = isa_demo("index", "add", "--index", str(tmp_path / "b"), "--images", str(more), *model)
+    assert again.returncode == 0, f"killed at {frac:.2f} (seed {SEED}): {again.stderr[-2000:]}"
+    b = GalleryIndex.load(tmp_path / "b")
+    assert b.records == after.records, f"seed {SEED}, killed at {frac:.2f}"
+    np.testing.assert_array_equal(all_vectors(after.index), all_vectors(b.index))
+
+
 def _trainer_args(kind: str, world: Path, weights: str, out: Path) -> list[str]:
     vl = ["--vl-model", "isa-test-tiny", "--vl-pretrained", weights]
     io = ["--world", str(world), "--out", str(out / "model.safetensors"), "--state", str(out / "state.pt"),

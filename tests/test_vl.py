@@ -102,10 +102,22 @@ def test_vl_retrieval_table(tiny_vl, small_world):
 
 
 def test_vl_training_with_mix_scene_head_and_init(small_world, tmp_path):
+    import json
+
+    import open_clip
+
+    from isa_demo.common import read_metadata
     from isa_demo.training.vl import train_vl
 
+    torch.manual_seed(0)
+    plain = open_clip.create_model("isa-test-tiny").visual.positional_embedding
     first = train_vl(str(small_world), out=str(tmp_path / "a.safetensors"), name="isa-test-tiny", epochs=0.1,
-                     batch_size=32, state_path=str(tmp_path / "a.pt"), device="cpu")
+                     batch_size=32, state_path=str(tmp_path / "a.pt"), device="cpu", save_every=10_000, lr=0.0)
+    # the defaults are v3's: the scene head beside the CLIP loss, a positional embedding 8x louder
+    recipe = json.loads(read_metadata(first)["recipe"])
+    assert recipe["scene_loss"] == 1.0 and recipe["pos_scale"] == 8.0 and recipe["mix"] == "position:3,shape:2"
+    trained = load_vl("isa-test-tiny", str(first), device="cpu").model.visual.positional_embedding
+    torch.testing.assert_close(trained.float(), (8 * plain).half().float())  # lr 0: only the scaling
     out = train_vl(str(small_world), out=str(tmp_path / "b.safetensors"), name="isa-test-tiny", epochs=0.1,
                    batch_size=32, state_path=str(tmp_path / "b.pt"), device="cpu", mix="position:3,shape:2",
                    scene_loss=1.0, init=str(first))

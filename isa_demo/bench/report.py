@@ -32,8 +32,8 @@ TABLES = [
                                       "mAP@25", "mAP@50", "R@1_of_oracle"], 2),
     ("R@1 by modification type (%)", "python -m isa_demo bench accuracy",
      "accuracy.csv", ACCURACY_KEYS + [f"R@1/{m}" for m in MOD_TYPES], 1),
-    ("Composed retrieval with the built-in VL model v2: its release so far (%)",
-     "python -m isa_demo bench accuracy --vl-model isa-world-vit-v2", "vl/isa-world-vit-v2/accuracy.csv",
+    ("Composed retrieval with the built-in VL model v3 (binds position): its release so far (%)",
+     "python -m isa_demo bench accuracy --vl-model isa-world-vit-v3", "vl/isa-world-vit-v3/accuracy.csv",
      ACCURACY_KEYS + ["R@1", "R@5", "R@10", "R@50", "Rs@1", "mAP@10", "R@1_of_oracle"]
      + [f"R@1/{m}" for m in MOD_TYPES], 2),
     ("What the explanations show (test references, ISA encoders)", "python -m isa_demo bench explain [--vl-model NAME]",

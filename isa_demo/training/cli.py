@@ -19,6 +19,8 @@ VL_HELP = {
     "scene_loss": "weight of the scene-graph head on the image embedding (shape/colour/size per cell, background); "
                   "0: the CLIP loss alone",
     "init": "start from this checkpoint's weights instead of random ones (fine-tuning)",
+    "pos_scale": "multiply the image tower's initial positional embedding by this (a louder position signal "
+                 "from the start; ignored with --init)",
     "precision": "autocast precision: auto (bf16 where the hardware has it), bf16, fp16 (CUDA), fp32",
     "save_every": "steps between two saves of the resumable state (a killed run resumes from the last one)",
 }

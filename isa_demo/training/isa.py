@@ -113,7 +113,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     params = [p for p in enc.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = cosine_schedule(opt, warmup=min(100, steps // 10 + 1), total=steps)
-    step, extra = load_state(state_path, enc, opt, sched)
+    step, extra = load_state(state_path, enc, opt, sched, vl=vl.identity())
     if step:
         check_same_data(state_path, extra.get("data"), source_facts.get("data"))
     elapsed = float(extra.get("elapsed_s", 0.0))
@@ -156,7 +156,8 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
         bar.set_postfix(gcd=f"{loss_gcd.item():.3f}", lar=f"{loss_lar.item():.3f}")
         if d.main and ((step + 1) % save_every == 0 or step + 1 == steps):
             save_state(state_path, step + 1, enc, opt, sched,
-                       {"elapsed_s": elapsed + time.time() - t0, "data": source_facts.get("data")})
+                       {"elapsed_s": elapsed + time.time() - t0, "data": source_facts.get("data"),
+                        "vl": vl.identity()})
     elapsed += time.time() - t0
     enc.eval()
     facts = {"steps": steps, "batch_size": batch_size, "lar": lar, "lar_weight": lar_weight, "tau": tau,

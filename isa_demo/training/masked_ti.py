@@ -287,7 +287,7 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
               "cam_baseline": (cam_baseline or "") if w_qt > 0 else None,
               "cam_text": cam_text if w_qt > 0 else None, "seed": seed,
               "steps": steps, "precision": precision}
-    step, extra = load_state(state_path, phi, opt, sched)
+    step, extra = load_state(state_path, phi, opt, sched, vl=vl.identity())
     if step:
         check_same_data(state_path, extra.get("data"), source_facts.get("data"))
     if step and extra.get("config") not in (None, config):
@@ -329,7 +329,8 @@ def train_masked_ti(world: str | World, tau: float = 0.3, w_qt: float = 1.0, w_o
         bar.set_postfix(**{k: f"{v:.3f}" for k, v in last.items()})
         if d.main and ((step + 1) % save_every == 0 or step + 1 == steps):
             save_state(state_path, step + 1, phi, opt, sched,
-                       {"elapsed_s": elapsed + time.time() - t0, "config": config, "data": source_facts.get("data")})
+                       {"elapsed_s": elapsed + time.time() - t0, "config": config, "data": source_facts.get("data"),
+                        "vl": vl.identity()})
     elapsed += time.time() - t0
     phi.eval()
     facts = {**config, **source_facts, "pairs": len(pairs) if pairs is not None else 0, "final_losses": last,

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from ..common import atomic_path
-from ..settings import RUNS_DIR
+from ..errors import CheckpointError
+from ..settings import BUILTIN_VL, RUNS_DIR
 
 
 def output_paths(kind: str, tag: str, vl, shipped: Path, out=None, state=None) -> tuple[Path, Path]:
@@ -16,10 +17,12 @@ def output_paths(kind: str, tag: str, vl, shipped: Path, out=None, state=None) -
     The checkpoint goes to the shipped path (``assets/``) only when training for the built-in VL
     model's shipped weights; for any other VL model (a pretrained tag, random weights) it goes to
     ``RUNS_DIR/kind/TAG--VLNAME.safetensors``, so an experiment never overwrites a shipped model.
-    The state goes to ``RUNS_DIR/kind/TAG[--VLNAME].state.pt``."""
+    The state goes to ``RUNS_DIR/kind/TAG[--VLNAME].state.pt`` (VLNAME for every model but the
+    default built-in one), and records the VL model it was trained for (:func:`load_state` checks it)."""
     suffix = "" if vl.is_builtin else f"--{vl.name}"
     default_out = shipped if vl.is_builtin else RUNS_DIR / kind / f"{tag}{suffix}.safetensors"
-    return Path(out or default_out), Path(state or RUNS_DIR / kind / f"{tag}{suffix}.state.pt")
+    state_suffix = "" if vl.is_builtin and vl.name == BUILTIN_VL else f"--{vl.name}"
+    return Path(out or default_out), Path(state or RUNS_DIR / kind / f"{tag}{state_suffix}.state.pt")
 
 
 def save_state(path: str | os.PathLike, step: int, model: torch.nn.Module, optimizer, scheduler=None,
@@ -30,12 +33,23 @@ def save_state(path: str | os.PathLike, step: int, model: torch.nn.Module, optim
         torch.save(state, tmp)
 
 
-def load_state(path: str | os.PathLike, model: torch.nn.Module, optimizer, scheduler=None) -> tuple[int, dict]:
-    """Restore a state saved by :func:`save_state`; returns ``(step, extra)``. Missing file: step 0."""
+def load_state(path: str | os.PathLike, model: torch.nn.Module, optimizer, scheduler=None,
+               vl: dict | None = None) -> tuple[int, dict]:
+    """Restore a state saved by :func:`save_state`; returns ``(step, extra)``. Missing file: step 0.
+
+    ``vl``: the identity of the VL model this run trains for; a state saved for another one (or
+    without one recorded) is refused, never resumed: its weights fit the other model."""
     path = Path(path)
     if not path.exists():
         return 0, {}
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if vl is not None:
+        from ..vl.model import describe_identity, same_model
+
+        found = (state.get("extra") or {}).get("vl")
+        if not found or not same_model(found, vl):
+            raise CheckpointError(f"{path} holds a run for the VL model {describe_identity(found)}, not for "
+                                  f"{describe_identity(vl)}; delete it or pass another --state")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

@@ -2,8 +2,9 @@
 
 Symmetric CLIP loss with a learnable temperature; images are the renders as they are (no flips
 or crops: left/right and position are part of the captions). Resumable. Recipe (the defaults
-are the shipped ``isa-world-vit-v2``'s; ``--variants 0 --no-text-negatives --captions world``
-is the first model ``isa-world-vit``'s):
+are the shipped ``isa-world-vit-v3``'s; ``--name isa-world-vit-v2 --scene-loss 0 --mix '' --pos-scale 1``
+is v2's, and ``--variants 0 --no-text-negatives --captions world`` on top of that the first model
+``isa-world-vit``'s):
 
 - ``variants``: that fraction of each batch is a *near variant* of another member of the batch,
   rendered on the fly (one object's colour, shape, size or cell changed, one object added or
@@ -18,11 +19,19 @@ is the first model ``isa-world-vit``'s):
   relative clauses, attribute orders, counts, statements of absence); ``world`` uses the world's
   own four paraphrase templates only.
 - ``mix``: which near variants and hard-negative captions to draw more often (``position:3,shape:2``
-  weighs cell changes 3x); the default draws every kind alike. ``scene_loss``: a head reading the
-  image embedding back into its scene graph (:class:`SceneHead`), beside the CLIP loss; default off.
-  Both target what ``python -m isa_demo bench vl`` measures as unbound (its binding table): in
-  short trials (docs/experiments.md) neither taught position yet. ``init``: fine-tune a checkpoint.
-- ``precision``: bf16 autocast where the hardware has it (:mod:`isa_demo.training.precision`).
+  weighs cell changes 3x, shape changes 2x; ``""`` draws every kind alike).
+- ``scene_loss``: a head reading the image embedding back into its scene graph (:class:`SceneHead`:
+  the image's own description as structure), beside the CLIP loss; not exported.
+- ``pos_scale``: the image tower's initial positional embedding multiplied by this.
+  The last three are what made v3 bind position: v1 and v2 scored a caption against its own image
+  and the image with one object moved at chance (``bench vl``'s binding table), because a randomly
+  initialised ViT's class token barely changes when an object moves (its positional embedding is
+  small beside the patch content) and the contrastive loss never finds position while both towers
+  ignore it. With position near variants weighed up, the scene head asking where each object is,
+  and a louder positional embedding, the head's per-cell occupancy (the progress bar's ``cells``)
+  leaves its 0.75 base rate after ~300 steps and reaches 0.99 (docs/experiments.md).
+- ``init``: fine-tune a checkpoint instead. ``precision``: bf16 autocast where the hardware has it
+  (:mod:`isa_demo.training.precision`).
 
 The checkpoint stores only the token-embedding rows training updated (a few dozen of 49,408;
 the others are seeded random rows, see :func:`export_safetensors`), and everything else as fp16.
@@ -133,10 +142,9 @@ class SceneHead(torch.nn.Module):
     """Reads an image embedding back into its scene graph: per cell of the 3x3 grid the shape (or
     empty), the colour and the size of its object, and the background. Trained beside the CLIP loss
     (``scene_loss``), it asks the image tower to say *where* each object is: both towers of the
-    shipped models ignore position (``bench vl``'s binding table: caption pairs that differ only in
+    first two models ignore position (``bench vl``'s binding table: caption pairs that differ only in
     an object's cell score at chance), and the contrastive loss alone has no gradient towards it
-    while the other tower ignores it too. Short trials did not teach position yet (docs/experiments.md).
-    Training only: not exported."""
+    while the other tower ignores it too. Training only: not exported."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -156,12 +164,18 @@ class SceneHead(torch.nn.Module):
         bg = torch.tensor([list(BACKGROUNDS).index(s["background"]) for s in scenes])
         return [t.to(device) for t in (shape, colour, size, bg)]
 
-    def loss(self, features: torch.Tensor, scenes: list[dict]) -> torch.Tensor:
-        parts = self.linear(features).split(self.sizes, dim=-1)
+    def loss(self, features: torch.Tensor, scenes: list[dict]) -> tuple[torch.Tensor, str]:
+        """The mean cross-entropy of the four readouts, and how often the head reads every cell's
+        occupancy right (a progress readout: it stays at the empty cells' base rate, about 0.75,
+        while the tower ignores position)."""
+        parts = self.linear(features.float()).split(self.sizes, dim=-1)
+        targets = self.targets(scenes, features.device)
         total = 0.0
-        for logits, target in zip(parts, self.targets(scenes, features.device)):
+        for logits, target in zip(parts, targets):
             total = total + F.cross_entropy(logits.reshape(target.numel(), -1), target.flatten(), ignore_index=-100)
-        return total / len(parts)
+        empty = len(SHAPES)
+        occupied = (parts[0].detach().reshape(len(scenes), 9, -1).argmax(-1) != empty) == (targets[0] != empty)
+        return total / len(parts), f"{occupied.float().mean().item():.3f}"
 
 
 def _captions(scenes: list[dict], rng: np.random.Generator, style: str, negatives: bool, weights: dict[str, float]):
@@ -174,12 +188,12 @@ def _captions(scenes: list[dict], rng: np.random.Generator, style: str, negative
     return pos, neg
 
 
-def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2", epochs: float = 1.5,
+def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v3", epochs: float = 1.5,
              batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.1, seed: int = 0,
              state_path: str | None = None, device: str | None = None, save_every: int = 100,
              max_images: int | None = None, variants: float = 0.5, text_negatives: bool = True,
-             captions: str = "diverse", mix: str = "", scene_loss: float = 0.0,
-             init: str | None = None, precision: str = "auto") -> Path:
+             captions: str = "diverse", mix: str = "position:3,shape:2", scene_loss: float = 1.0,
+             init: str | None = None, pos_scale: float = 8.0, precision: str = "auto") -> Path:
     if captions not in CAPTIONS:
         raise ValueError(f"captions must be one of {CAPTIONS}, not {captions!r}")
     if not 0 <= variants < 1:
@@ -192,6 +206,9 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
     model = open_clip.create_model(name, pretrained=None)
     if init:
         load_state_checked(model, init, name)
+    elif pos_scale != 1.0:  # a louder initial position signal (see the module docstring)
+        with torch.no_grad():
+            model.visual.positional_embedding.mul_(pos_scale)
     if scene_loss:  # a submodule during training (optimised, saved in the state); dropped on export
         model.scene_head = SceneHead(model.visual.output_dim)
     model.to(device)
@@ -216,7 +233,8 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
     sched = cosine_schedule(opt, warmup=min(200, total // 10 + 1), total=total)
     recipe = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
               "variants": variants, "text_negatives": text_negatives, "captions": captions, "mix": mix,
-              "scene_loss": scene_loss, "precision": precision, **({"init": str(init)} if init else {})}
+              "scene_loss": scene_loss, "pos_scale": pos_scale, "precision": precision,
+              **({"init": str(init)} if init else {})}
     state_path = Path(state_path or RUNS_DIR / "vl" / f"{name}.state.pt")
     step, extra = load_state(state_path, model, opt, sched)
     if step and extra.get("recipe", recipe) != recipe:
@@ -253,8 +271,10 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
         # image -> text over the captions and the hard negatives; text -> image over the images
         loss = (F.cross_entropy(scale * img @ txt.T, labels)
                 + F.cross_entropy(scale * txt[:len(pos)] @ img.T, labels)) / 2
+        postfix = {}
         if scene_loss:
-            loss = loss + scene_loss * model.scene_head.loss(features, scenes)
+            head_loss, postfix["cells"] = model.scene_head.loss(features, scenes)
+            loss = loss + scene_loss * head_loss
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -264,7 +284,7 @@ def train_vl(world: str, out: str | None = None, name: str = "isa-world-vit-v2",
         sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-        bar.set_postfix(loss=f"{loss.item():.3f}", T=f"{model.logit_scale.exp().item():.1f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", T=f"{model.logit_scale.exp().item():.1f}", **postfix)
         if (step + 1) % save_every == 0 or step + 1 == total:
             save_state(state_path, step + 1, model, opt, sched,
                        {"elapsed_s": elapsed + time.time() - t0, "total": total, "recipe": recipe})
