@@ -125,6 +125,16 @@ def test_caption_oracle_world_only(small_world, tiny_vl, tmp_path, fake_sets):
         R.evaluate("cirr", fake_sets / "cirr_root", "val", oracle, out=None, cache_dir=tmp_path, progress=False)
 
 
+def test_inversion_oracle_composes_the_reference_caption_with_the_modifier(small_world, tiny_vl):
+    q = load_world(small_world, "test").queries[0]
+    oracle = R.build_method("inversion-oracle", tiny_vl)
+    assert oracle.name == "inversion-oracle"
+    scenes = [json.loads(line) for line in (small_world / "scenes" / "test.jsonl").read_text().splitlines()]
+    caption = next(s["caption"] for s in scenes if s["name"] == q.reference)
+    assert oracle.texts([q]) == [f"a photo of {caption} that {q.modifiers[0]}"]
+    assert R.build_method("caption-oracle", tiny_vl).texts([q]) == [q.target_caption]
+
+
 def test_cirr_val_and_test1_submission(fake_sets, tiny_vl, tmp_path):
     method = create_method("image-only", tiny_vl)
     rep = R.evaluate("cirr", fake_sets / "cirr_root", "val", method, out=tmp_path, cache_dir=tmp_path,
@@ -205,7 +215,7 @@ def test_bench_accuracy(small_world, tmp_path, capsys, monkeypatch):
     import pandas as pd
 
     df = pd.read_csv(tmp_path / "accuracy.csv")
-    assert df["method"].tolist() == ["image-only", "text-only", "sum", "caption-oracle"]
+    assert df["method"].tolist() == ["image-only", "text-only", "sum", "caption-oracle", "inversion-oracle"]
     assert {"R@1", "Rs@1", "mAP@10", "R@1_of_oracle", "mAP@10_of_oracle", "command", "machine", "date"} <= set(df)
     oracle = df[df["method"] == "caption-oracle"].iloc[0]
     if oracle["R@1"] > 0:
@@ -213,7 +223,7 @@ def test_bench_accuracy(small_world, tmp_path, capsys, monkeypatch):
     assert "bench accuracy" in df["command"].iloc[0]
     side = json.loads((tmp_path / "accuracy.json").read_text())
     assert side["machine"]["cpu"] and side["date"] and side["skipped"] == []
-    assert len(list((tmp_path / "per_query").glob("world_test_*.parquet"))) == 4
+    assert len(list((tmp_path / "per_query").glob("world_test_*.parquet"))) == 5
     assert "wrote" in capsys.readouterr().out
 
 
@@ -223,7 +233,7 @@ def test_bench_accuracy_reports_unbuildable_variants(small_world, tiny_vl, tmp_p
     df, record = bench_accuracy(small_world, tiny_vl, out=tmp_path, limit=5, progress=False, cache_dir=tmp_path,
                                 variants=[BASELINES[0], {"method": "no-such-method", "backbone": "x",
                                                          "checkpoint": None}])
-    assert df["method"].tolist() == ["image-only", "caption-oracle"]
+    assert df["method"].tolist() == ["image-only", "caption-oracle", "inversion-oracle"]
     assert record["skipped"][0]["method"] == "no-such-method" and "unknown method" in record["skipped"][0]["error"]
 
 

@@ -13,9 +13,10 @@ from isa_demo.models import (
     check_backbone_name,
 )
 from isa_demo.training.isa import train_isa
-from isa_demo.training.losses import lar_late, lar_vocab
+from isa_demo.training.losses import gcd_hard, info_nce, lar_late, lar_vocab, nearest_neighbours
 from isa_demo.training.vl import export_safetensors
 from isa_demo.vl import load_vl
+from isa_demo.vl.model import world_vocabulary
 
 
 def test_atl_shapes_and_maps():
@@ -47,6 +48,20 @@ def test_lar_losses():
     assert lar_vocab(vocab[:3], vocab).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_hard_negatives_are_the_nearest_others_and_only_add_to_the_sentence_side():
+    g = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.7, 0.7]])
+    g = torch.nn.functional.normalize(g, dim=-1)
+    knn = nearest_neighbours(g, 2, chunk=2)  # chunked: the self-exclusion must hold across chunks
+    assert knn.shape == (5, 2) and not (knn == torch.arange(5)[:, None]).any()
+    assert knn[0, 0] == 1 and knn[2, 0] == 3
+    u, v = g[:3], g[:3]
+    none = gcd_hard(u, v, torch.empty(0, 2), 0.1)
+    torch.testing.assert_close(none, info_nce(u @ v.T / 0.1))
+    assert gcd_hard(u, v, g[knn[:3].reshape(-1)], 0.1) > none  # look-alikes make the task harder
+    one = gcd_hard(u[:1], v[:1], g[[0, 1]], 0.1)  # g[1] is within 0.98 of g[0]: a duplicate, not a negative
+    torch.testing.assert_close(one, torch.tensor(0.0))
+
+
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory, tiny_vl):
     path = tmp_path_factory.mktemp("vl") / "tiny.safetensors"
@@ -54,11 +69,12 @@ def tiny_ckpt(tmp_path_factory, tiny_vl):
     return str(path)
 
 
-@pytest.mark.parametrize("backbone,lar", [("mobilenetv3_small_100", "late"), (SYMMETRIC, "vocab")])
-def test_train_save_load_compose(small_world, tiny_ckpt, tmp_path, backbone, lar):
+@pytest.mark.parametrize("backbone,lar,hard,word_norm", [("mobilenetv3_small_100", "late", 0, "free"),
+                                                         (SYMMETRIC, "vocab", 3, "vocab")])
+def test_train_save_load_compose(small_world, tiny_ckpt, tmp_path, backbone, lar, hard, word_norm):
     out = train_isa(str(small_world), backbone, out=str(tmp_path / "enc.safetensors"), num_tokens=2, steps=2,
                     batch_size=8, images=32, lar=lar, state_path=str(tmp_path / "s.pt"), device="cpu",
-                    vl_name="isa-test-tiny", vl_pretrained=tiny_ckpt)
+                    vl_name="isa-test-tiny", vl_pretrained=tiny_ckpt, hard_negatives=hard, word_norm=word_norm)
     vl = load_vl("isa-test-tiny", tiny_ckpt, device="cpu")
     assert _recipe(out) == (2, lar, 2, 32)  # what `bench isa-ablation --reuse-shipped` matches arms on
     method = create_method("isa", vl, backbone=backbone, checkpoint=str(out))
@@ -69,6 +85,15 @@ def test_train_save_load_compose(small_world, tiny_ckpt, tmp_path, backbone, lar
     assert not torch.allclose(q[0], q[1])
     ex = method.explain(ref, "make the circle red")
     assert len(ex["pseudo_words"]) == 2 and ex["attention"].shape[0] == 2
+    norms = method.encode_reference([ref]).words.norm(dim=-1)
+    if word_norm == "vocab":  # every pseudo word at the mean norm of the words the VL model learned
+        vocab = vl.text.token_embedding.weight[vl.vocabulary if vl.vocabulary is not None else
+                                               torch.as_tensor(world_vocabulary(vl.tokenizer))]
+        target = vocab.norm(dim=-1).mean().item()
+        assert method.encoder.cfg.word_norm == pytest.approx(target, abs=1e-4)
+        torch.testing.assert_close(norms, torch.full_like(norms, method.encoder.cfg.word_norm))
+    else:
+        assert method.encoder.cfg.word_norm == 0
     with pytest.raises(QueryError, match="empty"):
         method.encode_queries([ref], ["   "])
     # another composition template; without {modifier} the modifier is dropped (the inversion alone)

@@ -1,7 +1,8 @@
 """`bench accuracy`: every shipped method/backbone on the world's test split, one table.
 
 Writes ``assets/results/accuracy.csv`` (one row per method and backbone, every metric, each
-metric as a fraction of the caption-oracle ceiling in ``{metric}_of_oracle``, and the command,
+metric as a fraction of the caption-oracle ceiling in ``{metric}_of_oracle``; the inversion oracle,
+the reference's caption composed with the modifier, is the ceiling of the pseudo-token methods), and the command,
 machine and date of the run) and a sidecar ``accuracy.json`` with the same provenance plus the
 variants that could not be built. The per-query tables land in ``per_query/`` as usual.
 """
@@ -17,6 +18,7 @@ import pandas as pd
 from ..common import atomic_path, write_json
 from ..evaluation.results import ACCURACY_CSV
 from ..evaluation.runner import (
+    INVERSION_ORACLE,
     ORACLE,
     RESULTS_DIR,
     TABLE_TOP_K,
@@ -72,6 +74,9 @@ def bench_accuracy(world: str | os.PathLike, vl, split: str = "test", out: str |
     oracle = evaluate("world", world, split, CaptionOracle(vl), **kw)
     print(oracle.format(), end="\n\n")
     rows.append(_row(oracle, {"method": ORACLE}, vl, world, split))
+    inversion = evaluate("world", world, split, CaptionOracle(vl, inversion=True), **kw)
+    print(inversion.format(), end="\n\n")
+    rows.append(_row(inversion, {"method": INVERSION_ORACLE}, vl, world, split))
 
     df = pd.DataFrame(rows)
     metrics = metric_columns(df)

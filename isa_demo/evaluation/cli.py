@@ -41,7 +41,9 @@ def register_command(top) -> None:
     p.add_argument("--split", default=None,
                    help="world: test|val; cirr: val|test1; fashioniq: val; circo: val|test (default: test for "
                         "the world, val otherwise)")
-    p.add_argument("--method", required=True, help="a registered method (isa_demo.methods) or caption-oracle")
+    p.add_argument("--method", required=True,
+                   help="a registered method (isa_demo.methods), caption-oracle, or inversion-oracle (the "
+                        "reference's caption composed with the modifier: the ceiling of the pseudo-token methods)")
     p.add_argument("--backbone", default=None, help="query-encoder backbone for trained methods")
     p.add_argument("--checkpoint", default=None, help="query-encoder checkpoint for trained methods")
     p.add_argument("--prompt", default=None,

@@ -68,6 +68,7 @@ class Query:
     mod_type: str | None = None
     target_caption: str | None = None
     category: str | None = None
+    reference_caption: str | None = None
 
     @property
     def mod_family(self) -> str | None:
@@ -300,7 +301,7 @@ def world_image_name(split: str, image_id: int) -> str:
 
 def load_world(root: str | os.PathLike, split: str = "test") -> Benchmark:
     """A built world through the CIRR loader with the scene-level hit rule, plus modification
-    types, target captions (``scenes/{split}.jsonl``) and a check that the CIRCO export names
+    types, target and reference captions (``scenes/{split}.jsonl``) and a check that the CIRCO export names
     the same ground truths."""
     root = Path(root)
     if not (root / "world.json").exists():
@@ -312,7 +313,7 @@ def load_world(root: str | os.PathLike, split: str = "test") -> Benchmark:
     with open(scenes_path) as f:
         captions = {rec["name"]: rec["caption"] for rec in map(json.loads, f)}
     queries = [Query(q.id, q.reference, q.modifiers, q.target_hard, q.ground_truth, q.members, q.mod_type,
-                     captions.get(q.target_hard)) for q in bench.queries]
+                     captions.get(q.target_hard), reference_caption=captions.get(q.reference)) for q in bench.queries]
     circo_path = root / "circo" / "annotations" / f"{split}.json"
     if circo_path.exists():
         by_id = {str(r["id"]): r for r in _read_json(circo_path)}

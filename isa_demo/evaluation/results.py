@@ -69,7 +69,7 @@ def write_per_query(df: pd.DataFrame, path: str | os.PathLike) -> Path:
             flat.to_csv(tmp, index=False)
     else:
         with atomic_path(path) as tmp:
-            df.to_parquet(tmp, index=False, engine="pyarrow")
+            df.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd", compression_level=19)  # assets budget
     write_text(checksum_path(path), file_sha256(path) + "\n")
     return path
 

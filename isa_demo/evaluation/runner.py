@@ -2,7 +2,8 @@
 metrics, the per-query table and, for unlabelled splits, the server submission files.
 
 Methods come only from :func:`isa_demo.methods.create_method`; the caption oracle (the ceiling,
-world only) is selected with the name ``caption-oracle``.
+world only) is selected with the name ``caption-oracle``, the ceiling of the pseudo-token methods
+(the reference's caption composed with the modifier) with ``inversion-oracle``.
 
 Outputs under ``out`` (default ``assets/results``), named by :func:`result_tag`
 ``{dataset}_{split}_{method}[_{backbone}]``::
@@ -46,6 +47,7 @@ from .results import per_query_path, result_tag, slug, write_per_query
 from .submission import CIRR_SUBSET_TOP, CIRR_TOP, write_circo_submission, write_cirr_submission
 
 ORACLE = "caption-oracle"
+INVERSION_ORACLE = "inversion-oracle"
 TABLE_TOP_K = 10
 QUERY_CHUNK = 256
 EMPTY_MODIFIER = "."  # stands in for the rare empty annotation (one in CIRR test1) so it still encodes
@@ -61,12 +63,27 @@ def now_utc() -> str:
 
 # ------------------------------------------------------------------------------------ methods
 class CaptionOracle:
-    """The ceiling (METHOD.md 5): the target's ground-truth caption through the text tower."""
+    """The ceiling (METHOD.md 5): the target's ground-truth caption through the text tower.
 
-    name = ORACLE
+    ``inversion=True``: the ceiling of the pseudo-token methods instead, a perfect textual
+    inversion: the *reference's* ground-truth caption in the composition template
+    (``a photo of {caption} that {modifier}``), so the text tower alone does the edit."""
 
-    def __init__(self, vl):
+    def __init__(self, vl, inversion: bool = False):
         self.vl = vl
+        self.inversion = inversion
+        self.name = INVERSION_ORACLE if inversion else ORACLE
+
+    def texts(self, queries) -> list[str] | None:
+        """The text of each query, or None when a caption it needs is missing."""
+        from ..methods import PROMPT
+
+        if not self.inversion:
+            captions = [q.target_caption for q in queries]
+            return None if any(c is None for c in captions) else captions
+        if any(q.reference_caption is None for q in queries):
+            return None
+        return [PROMPT.replace("*", q.reference_caption).format(modifier=q.modifiers[0]) for q in queries]
 
     def identity(self) -> dict:
         return {"method": self.name, "vl": self.vl.identity()}
@@ -75,8 +92,8 @@ class CaptionOracle:
 def build_method(name: str, vl, backbone: str | None = None, checkpoint: str | None = None,
                  prompt: str | None = None):
     """A method from the registry (or the caption oracle); unset options keep their defaults."""
-    if name == ORACLE:
-        return CaptionOracle(vl)
+    if name in (ORACLE, INVERSION_ORACLE):
+        return CaptionOracle(vl, inversion=name == INVERSION_ORACLE)
     from ..methods import PROMPT_METHODS, create_method
 
     if prompt is not None and name not in PROMPT_METHODS:
@@ -86,7 +103,7 @@ def build_method(name: str, vl, backbone: str | None = None, checkpoint: str | N
     try:
         return create_method(name, vl, **kwargs)
     except KeyError as e:
-        raise EvalError(f"{e.args[0]} (or {ORACLE})") from None
+        raise EvalError(f"{e.args[0]} (or {ORACLE}, {INVERSION_ORACLE})") from None
 
 
 def method_backbone(method) -> str | None:
@@ -103,9 +120,9 @@ def query_features(bench: Benchmark, method, batch_size: int = 64, progress: boo
     """``(Q, D)`` normalized query features for every query of ``bench``."""
     qs = bench.queries
     if isinstance(method, CaptionOracle):
-        captions = [q.target_caption for q in qs]
-        if any(c is None for c in captions):
-            raise EvalError(f"{ORACLE} needs the target's ground-truth caption: only the built-in world has them "
+        captions = method.texts(qs)
+        if captions is None:
+            raise EvalError(f"{method.name} needs ground-truth captions: only the built-in world has them "
                             f"({bench.name} {bench.split} does not)")
         with torch.no_grad():
             return method.vl.encode_texts(captions).float().cpu()
@@ -236,7 +253,8 @@ def score(bench: Benchmark, qf: torch.Tensor, gf: torch.Tensor, top_k: int = TAB
         order = M.top_k(scores, n_top, exclude=refs)
         top = order[:, :top_k]
         out.topk_ids += gallery[top].tolist()
-        out.topk_scores += np.take_along_axis(scores, top, 1).astype(float).round(6).tolist()
+        # 4 decimals: enough to read, and the shipped per-query tables stay within the assets budget
+        out.topk_scores += np.take_along_axis(scores, top, 1).astype(float).round(4).tolist()
         if bench.labelled:
             out.rank[sl] = M.first_relevant_rank_from_scores(scores, gts[sl], exclude=refs)
         if bench.protocol in ("cirr", "world"):

@@ -3,7 +3,9 @@
 1. ``F' = conv1x1(F) + pos``  (width d)
 2. ``A = softmax_hw(conv(F'))`` -- L spatial attention maps; ``T0 = A F'``  (L x d)
 3. refine ``T0``: self-attention over the tokens + cross-attention to ``F'`` (+ MLP), n layers
-4. MLP to the VL word-embedding width ``d_w``: the pseudo sentence ``S = [s_1 .. s_L]``.
+4. MLP to the VL word-embedding width ``d_w``: the pseudo sentence ``S = [s_1 .. s_L]``; with
+   ``word_norm`` > 0 each pseudo word is rescaled to that length (the VL model's own word
+   embeddings' mean norm: the text tower then reads pseudo words at the scale of real ones).
 The maps ``A`` are what the demo shows as "what each word looks at".
 """
 from __future__ import annotations
@@ -15,9 +17,10 @@ from torch import nn
 
 class AdaptiveTokenLearner(nn.Module):
     def __init__(self, in_channels: int, word_dim: int, num_tokens: int = 4, dim: int = 256, layers: int = 1,
-                 heads: int = 4, grid: int = 4):
+                 heads: int = 4, grid: int = 4, word_norm: float = 0.0):
         super().__init__()
         self.num_tokens = num_tokens
+        self.word_norm = word_norm
         self.proj = nn.Conv2d(in_channels, dim, 1)
         self.pos = nn.Parameter(torch.zeros(1, dim, grid, grid))
         nn.init.normal_(self.pos, std=0.02)
@@ -41,4 +44,6 @@ class AdaptiveTokenLearner(nn.Module):
         for layer in self.refine:
             tokens = layer(tokens, mem)
         words = self.to_words(self.norm(tokens))
+        if self.word_norm > 0:
+            words = F.normalize(words, dim=-1) * self.word_norm
         return words, maps.view(B, self.num_tokens, h, w)

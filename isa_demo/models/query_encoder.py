@@ -38,6 +38,7 @@ class EncoderConfig:
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     imagenet: bool = False
+    word_norm: float = 0.0  # > 0: every pseudo word rescaled to this norm (0: free, the first release)
 
 
 def shipped_checkpoint(backbone: str, vl_name: str | None = None) -> Path:
@@ -63,7 +64,8 @@ class QueryEncoder(nn.Module):
             cfg.channels, cfg.mean, cfg.std = info["channels"], info["mean"], info["std"]
             cfg.imagenet = cfg.imagenet or info["imagenet"]
             cfg.grid = max(1, cfg.image_size // 32)
-        self.atl = AdaptiveTokenLearner(cfg.channels, cfg.word_dim, cfg.num_tokens, cfg.dim, cfg.layers, grid=cfg.grid)
+        self.atl = AdaptiveTokenLearner(cfg.channels, cfg.word_dim, cfg.num_tokens, cfg.dim, cfg.layers, grid=cfg.grid,
+                                        word_norm=cfg.word_norm)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
 

@@ -34,6 +34,10 @@ ISA_HELP = {
     "image_size": "light backbone input size (the world's images are 128 px, the VL tower sees 96 px)",
     "seed": "random seed", "precision": "autocast precision: auto (bf16 where the hardware has it), bf16, fp16, fp32",
     "save_every": VL_HELP["save_every"],
+    "hard_negatives": "each image's k nearest train images (by the frozen VL features) join the batch's negatives: "
+                      "the pseudo sentence must tell a scene from its look-alikes (0: the batch alone)",
+    "word_norm": "free: the network sets each pseudo word's norm; vocab: every pseudo word has the mean norm of the "
+                 "words the VL model learned, so the text tower reads it at the scale of a real word",
 }
 MASKED_TI_HELP = {
     "tau": "CAM threshold: pixels above it are masked", "w_qt": "query-target loss weight (0: single-token)",

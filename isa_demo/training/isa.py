@@ -35,7 +35,7 @@ from .data import DataSpec, check_same_data, report_skipped
 from .distributed import SINGLE, average_gradients, barrier, batch_indices, setup
 from .featcache import cached_source_features
 from .loaders import file_batches, stream_batches
-from .losses import info_nce, lar_late, lar_vocab
+from .losses import gcd_hard, info_nce, lar_late, lar_vocab, nearest_neighbours
 from .state import cosine_schedule, load_state, output_paths, save_state
 
 SENTENCE_PROMPT = "a photo of *"
@@ -61,6 +61,11 @@ def cached_vl_features(vl, world: World, n: int, batch_size: int = 128) -> tuple
     return out["global"], out["local"]
 
 
+def _learned_words(vl) -> torch.Tensor:
+    """The token ids the VL model learned; the world's caption words when it does not record them."""
+    return vl.vocabulary if vl.vocabulary is not None else torch.as_tensor(world_vocabulary(vl.tokenizer))
+
+
 def _world_batches(student, enc, n, start, steps, batch_size, seed):
     """The world's batches: rows of the seeded permutation, the student's images from the world cache."""
     for step in range(start, steps):
@@ -73,11 +78,16 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
               images: int = 50000, image_size: int = 96, seed: int = 0, state_path: str | None = None,
               device: str | None = None,
               vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100,
-              precision: str = "auto", data: DataSpec | str | None = None, vl=None) -> Path:
+              precision: str = "auto", hard_negatives: int = 0, word_norm: str = "free",
+              data: DataSpec | str | None = None,
+              vl=None) -> Path:
     """Train and export an ISA query encoder. ``data``: a folder / table / COCO JSON / WebDataset
     source (:mod:`isa_demo.training.data`) instead of the world's train images; run under torchrun
-    it trains data parallel (:mod:`isa_demo.training.distributed`). ``vl``: a loaded VL model
-    (instead of ``vl_name``/``vl_pretrained``)."""
+    it trains data parallel (:mod:`isa_demo.training.distributed`). ``hard_negatives``: each
+    image's k nearest train images (by the cached VL features) join the batch's negatives.
+    ``word_norm``: ``free`` (the network chooses each pseudo word's norm) or ``vocab`` (each is
+    rescaled to the mean norm of the words the VL model learned).
+    ``vl``: a loaded VL model (instead of ``vl_name``/``vl_pretrained``)."""
     check_backbone_name(backbone)
     if lar not in ("late", "vocab", "none"):
         raise ValueError(f"--lar must be late, vocab or none, not {lar!r}")
@@ -86,10 +96,17 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     device = d.device if data else (device or default_device())
     precision = amp.resolve(precision, device, convolutional=backbone != SYMMETRIC)
     torch.manual_seed(seed)
+    if word_norm not in ("free", "vocab"):
+        raise ValueError(f"--word-norm must be free or vocab, not {word_norm!r}")
     vl = vl if vl is not None else load_vl(vl_name, vl_pretrained, device=device)
+    vocab_emb = None
+    if lar == "vocab" or word_norm == "vocab":
+        vocab_emb = vl.text.token_embedding.weight[_learned_words(vl).to(vl.device)].detach().float()
+    norm = round(float(vocab_emb.norm(dim=-1).mean()), 4) if word_norm == "vocab" else 0.0
     enc = QueryEncoder(EncoderConfig(backbone=backbone, num_tokens=num_tokens, word_dim=vl.word_dim,
-                                     image_size=image_size), vl=vl).to(device)
-    tag = f"{backbone}_L{num_tokens}_{lar}_{steps}"
+                                     image_size=image_size, word_norm=norm), vl=vl).to(device)
+    tag = (f"{backbone}_L{num_tokens}_{lar}_{steps}" + (f"_hn{hard_negatives}" if hard_negatives else "")
+           + ("_wnvocab" if norm else ""))
     out, state_path = output_paths("isa", tag, vl, shipped_checkpoint(backbone, vl.name), out, state_path)
     if data is None:
         t_feat = time.time()
@@ -105,10 +122,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
             report_skipped(feats.skipped, Path(out).with_suffix(".skipped.json"))
         n, g_all, loc_all = len(feats.keys), feats.g, feats.local
         source_facts = {"data": source.describe(), "skipped": len(feats.skipped), "ranks": d.world, **cache_facts}
-    vocab_emb = None
-    if lar == "vocab":  # the words the VL model learned; the world's caption words when it does not record them
-        ids = vl.vocabulary if vl.vocabulary is not None else torch.as_tensor(world_vocabulary(vl.tokenizer))
-        vocab_emb = vl.text.token_embedding.weight[ids.to(device)].detach()
+    knn = nearest_neighbours(g_all, hard_negatives) if hard_negatives else None
 
     params = [p for p in enc.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
@@ -140,12 +154,16 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
                 sent, _ = enc(x.to(device, non_blocking=True))
             u, h = vl.encode_with_pseudo_tokens([SENTENCE_PROMPT] * len(idx), sent, return_tokens=True)
         sent, u, h = sent.float(), u.float(), h.float()
-        loss_gcd = info_nce(F.normalize(u, dim=-1) @ v.T / tau)
+        if knn is None:
+            loss_gcd = info_nce(F.normalize(u, dim=-1) @ v.T / tau)
+        else:
+            v_neg = g_all[knn[idx_t].reshape(-1)].float().to(device)
+            loss_gcd = gcd_hard(F.normalize(u, dim=-1), v, v_neg, tau)
         loss_lar = torch.zeros((), device=device)
         if lar == "late":
             loss_lar = lar_late(h, p, tau)
         elif lar == "vocab":
-            loss_lar = lar_vocab(sent.reshape(-1, sent.shape[-1]), vocab_emb)
+            loss_lar = lar_vocab(sent.reshape(-1, sent.shape[-1]), vocab_emb.to(device))
         loss = loss_gcd + lar_weight * loss_lar
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -161,8 +179,9 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     elapsed += time.time() - t0
     enc.eval()
     facts = {"steps": steps, "batch_size": batch_size, "lar": lar, "lar_weight": lar_weight, "tau": tau,
-             "precision": precision, "train_images": n, **source_facts, "train_seconds": round(elapsed, 1),
-             "device": device, "date": time.strftime("%Y-%m-%d")}
+             "precision": precision, **({"hard_negatives": hard_negatives} if hard_negatives else {}),
+             **({"word_norm": word_norm} if norm else {}), "train_images": n, **source_facts,
+             "train_seconds": round(elapsed, 1), "device": device, "date": time.strftime("%Y-%m-%d")}
     if d.main:
         enc.save(out, vl.identity(), {k: json.dumps(v) if isinstance(v, dict) else v for k, v in facts.items()})
         print(json.dumps({"checkpoint": str(out), **facts}))

@@ -13,6 +13,32 @@ def info_nce(logits: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def gcd_hard(u: torch.Tensor, v: torch.Tensor, v_neg: torch.Tensor, tau: float,
+             duplicate_cos: float = 0.98) -> torch.Tensor:
+    """GCD with mined hard negatives: ``u (B, D)`` sentence features against the batch's image
+    features ``v (B, D)`` and extra negatives ``v_neg (N, D)`` (all normalized). The sentence-to-image
+    direction sees the extra negatives, except those whose image feature is within
+    ``duplicate_cos`` of the positive's (most likely the same scene: false negatives); the
+    image-to-sentence direction is the batch's, as in :func:`info_nce`."""
+    labels = torch.arange(u.shape[0], device=u.device)
+    batch = u @ v.T / tau
+    extra = (u @ v_neg.T / tau).masked_fill(v @ v_neg.T > duplicate_cos, float("-inf"))
+    rows = torch.cat([batch, extra], dim=1)
+    return (F.cross_entropy(rows, labels) + F.cross_entropy(batch.T, labels)) / 2
+
+
+def nearest_neighbours(g: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """``(n, k)`` indices of each row's k nearest other rows by inner product (``g`` normalized):
+    the hard negatives :func:`gcd_hard` reads, mined once from the cached VL features."""
+    g = g.float()
+    out = []
+    for s in range(0, g.shape[0], chunk):
+        sims = g[s:s + chunk] @ g.T
+        sims[torch.arange(sims.shape[0]), torch.arange(s, s + sims.shape[0])] = -float("inf")  # not itself
+        out.append(sims.topk(k, dim=1).indices)
+    return torch.cat(out)
+
+
 def lar_late(h: torch.Tensor, p: torch.Tensor, tau: float) -> torch.Tensor:
     """LAR (late): ``h (B, L, D)`` sentence token features, ``p (B, K, D)`` image local features
     (normalized); each token's best local match, averaged, as the InfoNCE similarity."""
