@@ -1,10 +1,10 @@
 """`bench accuracy`: every shipped method/backbone on the world's test split, one table.
 
 Writes ``assets/results/accuracy.csv`` (one row per method and backbone, every metric, each
-metric as a fraction of the caption-oracle ceiling in ``{metric}_of_oracle``; the inversion oracle,
-the reference's caption composed with the modifier, is the ceiling of the pseudo-token methods), and the command,
-machine and date of the run) and a sidecar ``accuracy.json`` with the same provenance plus the
-variants that could not be built. The per-query tables land in ``per_query/`` as usual.
+metric as a fraction of the caption-oracle ceiling in ``{metric}_of_oracle``, and the command,
+machine and date of the run; a last row, the inversion oracle, is the reference's caption composed
+with the modifier: the ceiling of the pseudo-token methods) and a sidecar ``accuracy.json`` with
+the same provenance plus the variants that could not be built. The per-query tables land in ``per_query/`` as usual.
 """
 from __future__ import annotations
 

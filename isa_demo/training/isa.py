@@ -79,8 +79,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
               device: str | None = None,
               vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100,
               precision: str = "auto", hard_negatives: int = 0, word_norm: str = "free",
-              data: DataSpec | str | None = None,
-              vl=None) -> Path:
+              data: DataSpec | str | None = None, vl=None) -> Path:
     """Train and export an ISA query encoder. ``data``: a folder / table / COCO JSON / WebDataset
     source (:mod:`isa_demo.training.data`) instead of the world's train images; run under torchrun
     it trains data parallel (:mod:`isa_demo.training.distributed`). ``hard_negatives``: each
