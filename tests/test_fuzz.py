@@ -226,7 +226,9 @@ class Api:
     def call(self, endpoint: str, data) -> tuple[str, object]:
         """``("complete", result)`` or ``("error", message)``; fails on anything else."""
         COUNTS["http"] += 1
-        r = self.http.post(f"{self.url}/call/{endpoint}", json={"data": data})
+        # serialised here: requests refuses NaN and infinities, which a hostile client can still send
+        r = self.http.post(f"{self.url}/call/{endpoint}", data=json.dumps({"data": data}, allow_nan=True),
+                           headers={"Content-Type": "application/json"})
         if r.status_code != 200:
             assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
             detail = r.json().get("detail")
