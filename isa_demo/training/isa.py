@@ -100,7 +100,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     vl = vl if vl is not None else load_vl(vl_name, vl_pretrained, device=device)
     vocab_emb = None
     if lar == "vocab" or word_norm == "vocab":
-        vocab_emb = vl.text.token_embedding.weight[_learned_words(vl).to(vl.device)].detach().float()
+        vocab_emb = vl.text.token_embedding.weight[_learned_words(vl).to(vl.device)].detach().float().to(device)
     norm = round(float(vocab_emb.norm(dim=-1).mean()), 4) if word_norm == "vocab" else 0.0
     enc = QueryEncoder(EncoderConfig(backbone=backbone, num_tokens=num_tokens, word_dim=vl.word_dim,
                                      image_size=image_size, word_norm=norm), vl=vl).to(device)
@@ -162,7 +162,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
         if lar == "late":
             loss_lar = lar_late(h, p, tau)
         elif lar == "vocab":
-            loss_lar = lar_vocab(sent.reshape(-1, sent.shape[-1]), vocab_emb.to(device))
+            loss_lar = lar_vocab(sent.reshape(-1, sent.shape[-1]), vocab_emb)
         loss = loss_gcd + lar_weight * loss_lar
         opt.zero_grad(set_to_none=True)
         loss.backward()
