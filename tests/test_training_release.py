@@ -21,7 +21,7 @@ def test_release_steps_and_shipped_state(capsys):
 
     first = release("isa-world-vit")
     assert [s.label for s in first][:3] == ["vl", "isa mobilenetv3_small_100", "isa symmetric"]
-    assert first[1].kwargs == {"steps": 8000} and release("isa-world-vit-v2")[1].kwargs == {}
+    assert first[1].kwargs == release("isa-world-vit-v3")[1].kwargs == {"steps": 8000}
     assert first[-1].label == "index"
     done = train_release("unused", "isa-world-vit", only=["vl", "isa"], device="cpu", dry_run=True)
     assert {d["status"] for d in done} == {"up to date"} and len(done) == 7
