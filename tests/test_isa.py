@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from isa_demo.bench.ablation import _recipe
+from isa_demo.common import read_metadata
 from isa_demo.methods import QueryError, create_method
 from isa_demo.models import (
     SYMMETRIC,
@@ -13,7 +14,7 @@ from isa_demo.models import (
     check_backbone_name,
 )
 from isa_demo.training.isa import train_isa
-from isa_demo.training.losses import gcd_hard, info_nce, lar_late, lar_vocab, nearest_neighbours
+from isa_demo.training.losses import gcd_hard, info_nce, lar_late, lar_vocab, nearest_neighbours, word_similarity
 from isa_demo.training.vl import export_safetensors
 from isa_demo.vl import load_vl
 from isa_demo.vl.model import world_vocabulary
@@ -46,6 +47,9 @@ def test_lar_losses():
     assert lar_late(h, p, 0.1).ndim == 0
     vocab = torch.randn(10, 8)
     assert lar_vocab(vocab[:3], vocab).item() == pytest.approx(0.0, abs=1e-6)
+    # diversity: two identical words give cos^2 = 1 on both off-diagonal pairs, orthogonal ones 0
+    same, apart = torch.tensor([[[1.0, 0.0], [2.0, 0.0]]]), torch.tensor([[[1.0, 0.0], [0.0, 3.0]]])
+    assert word_similarity(same).item() == pytest.approx(1.0) and word_similarity(apart).item() == 0.0
 
 
 def test_hard_negatives_are_the_nearest_others_and_only_add_to_the_sentence_side():
@@ -69,14 +73,16 @@ def tiny_ckpt(tmp_path_factory, tiny_vl):
     return str(path)
 
 
-@pytest.mark.parametrize("backbone,lar,hard,word_norm", [("mobilenetv3_small_100", "late", 0, "free"),
-                                                         (SYMMETRIC, "vocab", 3, "vocab")])
-def test_train_save_load_compose(small_world, tiny_ckpt, tmp_path, backbone, lar, hard, word_norm):
+@pytest.mark.parametrize("backbone,lar,hard,word_norm,diversity", [("mobilenetv3_small_100", "late", 0, "free", 0.0),
+                                                                   (SYMMETRIC, "vocab", 3, "vocab", 1.0)])
+def test_train_save_load_compose(small_world, tiny_ckpt, tmp_path, backbone, lar, hard, word_norm, diversity):
     out = train_isa(str(small_world), backbone, out=str(tmp_path / "enc.safetensors"), num_tokens=2, steps=2,
                     batch_size=8, images=32, lar=lar, state_path=str(tmp_path / "s.pt"), device="cpu",
-                    vl_name="isa-test-tiny", vl_pretrained=tiny_ckpt, hard_negatives=hard, word_norm=word_norm)
+                    vl_name="isa-test-tiny", vl_pretrained=tiny_ckpt, hard_negatives=hard, word_norm=word_norm,
+                    diversity=diversity)
     vl = load_vl("isa-test-tiny", tiny_ckpt, device="cpu")
     assert _recipe(out) == (2, lar, 2, 32)  # what `bench isa-ablation --reuse-shipped` matches arms on
+    assert float(read_metadata(out).get("diversity", 0)) == diversity  # the recipe records the term
     method = create_method("isa", vl, backbone=backbone, checkpoint=str(out))
     ref = sorted((small_world / "images" / "test").glob("*.png"))[0]
     q = method.encode_queries([ref, ref], ["make the circle red", "remove the star"])

@@ -38,6 +38,7 @@ ISA_HELP = {
                       "the pseudo sentence must tell a scene from its look-alikes (0: the batch alone)",
     "word_norm": "free: the network sets each pseudo word's norm; vocab: every pseudo word has the mean norm of the "
                  "words the VL model learned, so the text tower reads it at the scale of a real word",
+    "diversity": "weight of a term that keeps a sentence's pseudo words apart (their mean squared cosine; 0: off)",
 }
 MASKED_TI_HELP = {
     "tau": "CAM threshold: pixels above it are masked", "w_qt": "query-target loss weight (0: single-token)",

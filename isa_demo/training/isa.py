@@ -35,7 +35,7 @@ from .data import DataSpec, check_same_data, report_skipped
 from .distributed import SINGLE, average_gradients, barrier, batch_indices, setup
 from .featcache import cached_source_features
 from .loaders import file_batches, stream_batches
-from .losses import gcd_hard, info_nce, lar_late, lar_vocab, nearest_neighbours
+from .losses import gcd_hard, info_nce, lar_late, lar_vocab, nearest_neighbours, word_similarity
 from .state import cosine_schedule, load_state, output_paths, save_state
 
 SENTENCE_PROMPT = "a photo of *"
@@ -78,7 +78,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
               images: int = 50000, image_size: int = 96, seed: int = 0, state_path: str | None = None,
               device: str | None = None,
               vl_name: str | None = None, vl_pretrained: str = "builtin", save_every: int = 100,
-              precision: str = "auto", hard_negatives: int = 0, word_norm: str = "free",
+              precision: str = "auto", hard_negatives: int = 0, word_norm: str = "free", diversity: float = 0.0,
               data: DataSpec | str | None = None, vl=None) -> Path:
     """Train and export an ISA query encoder. ``data``: a folder / table / COCO JSON / WebDataset
     source (:mod:`isa_demo.training.data`) instead of the world's train images; run under torchrun
@@ -105,7 +105,7 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     enc = QueryEncoder(EncoderConfig(backbone=backbone, num_tokens=num_tokens, word_dim=vl.word_dim,
                                      image_size=image_size, word_norm=norm), vl=vl).to(device)
     tag = (f"{backbone}_L{num_tokens}_{lar}_{steps}" + (f"_hn{hard_negatives}" if hard_negatives else "")
-           + ("_wnvocab" if norm else ""))
+           + ("_wnvocab" if norm else "") + (f"_div{diversity:g}" if diversity else ""))
     out, state_path = output_paths("isa", tag, vl, shipped_checkpoint(backbone, vl.name), out, state_path)
     if data is None:
         t_feat = time.time()
@@ -164,6 +164,8 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
         elif lar == "vocab":
             loss_lar = lar_vocab(sent.reshape(-1, sent.shape[-1]), vocab_emb)
         loss = loss_gcd + lar_weight * loss_lar
+        if diversity:
+            loss = loss + diversity * word_similarity(sent)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(params, d)
@@ -179,7 +181,8 @@ def train_isa(world: str, backbone: str, out: str | None = None, num_tokens: int
     enc.eval()
     facts = {"steps": steps, "batch_size": batch_size, "lar": lar, "lar_weight": lar_weight, "tau": tau,
              "precision": precision, **({"hard_negatives": hard_negatives} if hard_negatives else {}),
-             **({"word_norm": word_norm} if norm else {}), "train_images": n, **source_facts,
+             **({"word_norm": word_norm} if norm else {}),
+             **({"diversity": diversity} if diversity else {}), "train_images": n, **source_facts,
              "train_seconds": round(elapsed, 1), "device": device, "date": time.strftime("%Y-%m-%d")}
     if d.main:
         enc.save(out, vl.identity(), {k: json.dumps(v) if isinstance(v, dict) else v for k, v in facts.items()})

@@ -51,3 +51,12 @@ def lar_vocab(words: torch.Tensor, vocab_emb: torch.Tensor) -> torch.Tensor:
     """LAR (vocabulary): pull each pseudo word towards its nearest learned word embedding."""
     cos = F.normalize(words, dim=-1) @ F.normalize(vocab_emb, dim=-1).T
     return (1 - cos.max(-1).values).mean()
+
+
+def word_similarity(words: torch.Tensor) -> torch.Tensor:
+    """Mean squared cosine between the different pseudo words of each sentence ``(B, L, d)``: low
+    when every word of a sentence points elsewhere (a diversity term)."""
+    w = F.normalize(words, dim=-1)
+    sim = w @ w.transpose(1, 2)
+    off = ~torch.eye(words.shape[1], dtype=torch.bool, device=words.device)
+    return sim[:, off].pow(2).mean()
