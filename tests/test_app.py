@@ -669,10 +669,65 @@ def test_limits_are_flags_and_environment(monkeypatch):
     add_app_args(p)
     a = p.parse_args([])
     assert (a.max_queue, a.max_file_size, a.cache_ttl, a.max_batch, a.concurrency) == (7, "2mb", 60, 4, 16)
+    assert a.threads == 1  # concurrent requests, not one operator, use the other cores
+    monkeypatch.setenv("ISA_DEMO_THREADS", "0")
+    q = argparse.ArgumentParser()
+    add_app_args(q)
+    assert q.parse_args([]).threads == 0  # 0: torch's own choice
     a = p.parse_args(["--max-queue", "3", "--cache-ttl", "0", "--max-file-size", "500kb"])
     assert (a.max_queue, a.cache_ttl, a.max_file_size) == (3, 0, "500kb")
     assert delete_cache_setting(900, 300) == (300, 900) and delete_cache_setting(60, 300) == (60, 60)
     assert delete_cache_setting(0, 300) is None
+
+
+def test_api_calls_do_not_build_the_page_config(service, example):
+    """Every API call is a new session: it starts without the page's configuration (gradio's
+    builds it for every block, ~100 here), and a deep link still gets the configuration gradio's
+    own session would give."""
+    import json
+
+    import gradio as gr
+    from gradio.state_holder import SessionState
+    from gradio_client import Client, handle_file
+
+    from helpers import serve
+    from isa_demo.app.widgets import LazySessionState, LazyStateHolder
+
+    page, url = serve(service)
+    try:
+        Client(url, verbose=False).predict(handle_file(example["image"]), example["modifier"], "sum", None, 3,
+                                           api_name="/compose")
+        holder = page.server_app.state_holder
+        assert isinstance(holder, LazyStateHolder) and holder is page.state_holder
+        sessions = list(holder.session_data.values())
+        assert sessions and all(isinstance(st, LazySessionState) and not st.config_values for st in sessions)
+    finally:
+        page.close()
+
+    eager, lazy = SessionState(page), LazySessionState(page)
+    ids = list(page.blocks)
+    box = next(k for k in ids if isinstance(page.blocks[k], gr.Textbox))
+    state = next(k for k in ids if isinstance(page.blocks[k], gr.State))
+    for st in (eager, lazy):  # what events do to a session, in gradio's order
+        st._update_value_in_config(box, "typed")
+        st[state] = "kept"
+        st._update_value_in_config(state, "kept again")
+        st._update_config(ids[3])
+        st._update_value_in_config(box, "typed again")
+
+    def by_id(st):
+        return {c["id"]: json.dumps(c, default=str, sort_keys=True) for c in st.components}
+
+    assert by_id(lazy) == by_id(eager) and len(by_id(lazy)) == len(ids)
+
+
+def test_queue_keeps_no_monitoring_history(service):
+    """gradio's queue summarises its kept events after every event for a monitoring page this app
+    does not serve: it keeps few, and summarises rarely."""
+    from isa_demo.app.cli import build_demo
+
+    queue = build_demo(service)._queue
+    assert queue.ANALYTICS_MAX_EVENTS <= 100 and queue.ANAYLTICS_CACHE_FREQUENCY >= 100
 
 
 def test_uploads_are_deleted_on_schedule(service, tmp_path):

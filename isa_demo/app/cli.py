@@ -18,6 +18,7 @@ DEFAULT_MAX_FILE_SIZE = "10mb"
 DEFAULT_CACHE_TTL = 900  # seconds an upload or other cached file is kept
 DEFAULT_CACHE_SWEEP = 300  # seconds between two sweeps of the cache
 DEFAULT_SESSIONS = 256  # browser/API sessions whose state the server keeps (gradio's default: 10,000)
+DEFAULT_THREADS = 1  # torch CPU threads: concurrent requests, not one operator, are the parallelism
 
 
 def env_default(name: str, default, kind=str):
@@ -64,7 +65,11 @@ def add_app_args(p: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-sessions", type=int, default=env_default("MAX_SESSIONS", DEFAULT_SESSIONS, int),
                         help="sessions whose state is kept in memory, the least recently used dropped first (every "
                              "API call is a session of its own); ISA_DEMO_MAX_SESSIONS (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    limits.add_argument("--threads", type=int, default=env_default("THREADS", DEFAULT_THREADS, int),
+                        help="torch CPU threads for the query encoders; 1 (the default) leaves the other cores to "
+                             "the requests being received, decoded and answered meanwhile (more threads per batch "
+                             "make them wait for each other); 0: torch's own choice (one per core); "
+                             "ISA_DEMO_THREADS (default %(default)s)")
     add_device_arg(p)
 
 
@@ -97,6 +102,7 @@ def launch(demo, service, host: str = "127.0.0.1", port: int | None = 7860, shar
     return demo.launch(server_name=host, server_port=port, share=share, allowed_paths=service.allowed_paths(),
                        max_file_size=max_file_size, show_error=False, prevent_thread_lock=not block, quiet=quiet,
                        css=CSS, js=PAGE_JS, footer_links=["api"], ssr_mode=False, run_history=False,
+                       enable_monitoring=False,
                        state_session_capacity=max(1, int(max_sessions)))
 
 
@@ -115,7 +121,7 @@ def serve(args) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit (atexit cleanup) on terminate
-    if args.threads:
+    if args.threads and args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)

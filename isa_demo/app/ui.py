@@ -46,6 +46,7 @@ from .widgets import (  # noqa: E402
     api_error,
     guarded,
     notice,
+    preprocessed,
     reference_input,
     shown_k_js,
     still_reference,
@@ -336,13 +337,21 @@ def api_endpoints(service: DemoService, query: list, compare_inputs: list) -> No
     """The named endpoints for gradio_client and plain HTTP: ``/compose``, ``/compare``, ``/variants``."""
 
     @guarded(api_error)
-    def compose(image, modifier, method, backbone, k):
+    def compose_json(image, modifier, method, backbone, k):
         return service.compose(image, modifier, method, backbone, k, explain=False).to_json()
 
     @guarded(api_error)
-    def compare(image, modifier, method_a, backbone_a, method_b, backbone_b, k):
+    def compare_json(image, modifier, method_a, backbone_a, method_b, backbone_b, k):
         ra, rb, summary = service.compare(image, modifier, (method_a, backbone_a), (method_b, backbone_b), k)
         return {"a": ra.to_json(), "b": rb.to_json(), "summary": summary, "ranks": service.cross_ranks(ra, rb)}
+
+    # the endpoints read their inputs themselves (preprocess=False): the same components' preprocess,
+    # in the event's thread, not one thread-pool hop per input (see widgets.preprocessed)
+    def compose(*values):
+        return compose_json(*preprocessed("compose", query, values))
+
+    def compare(*values):
+        return compare_json(*preprocessed("compare", compare_inputs, values))
 
     def variants() -> dict:
         """Methods, ISA backbones, the gallery and the VL model this app serves."""
@@ -350,9 +359,9 @@ def api_endpoints(service: DemoService, query: list, compare_inputs: list) -> No
 
     out = gr.JSON(visible=False)  # hidden API-only wiring
     compose_btn, compare_btn = gr.Button(visible=False), gr.Button(visible=False)
-    compose_btn.click(compose, query, out, api_name="compose", concurrency_id="query",
+    compose_btn.click(compose, query, out, api_name="compose", concurrency_id="query", preprocess=False,
                       api_description="Composed query -> JSON: ids, names, scores, timings_ms, notices")
-    compare_btn.click(compare, compare_inputs, out, api_name="compare", concurrency_id="query",
+    compare_btn.click(compare, compare_inputs, out, api_name="compare", concurrency_id="query", preprocess=False,
                       api_description="Two methods on the same query -> JSON (and where each result ranks "
                                       "under the other: ranks.a_in_b, ranks.b_in_a)")
     gr.api(variants, api_name="variants")

@@ -13,11 +13,19 @@ import logging
 import os
 import traceback
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # an offline demo: no phoning home
+# gradio's queue keeps its last GRADIO_ANALYTICS_MAX_EVENTS events (default 10,000) and, after every
+# event (GRADIO_ANALYTICS_CACHE_FREQUENCY 1), summarises them all in a pandas table for its monitoring
+# page, which this app does not serve (launch: enable_monitoring=False): under load that summary cost
+# more than the query itself, and grew with every event kept
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 
 import gradio as gr  # noqa: E402
+from gradio.state_holder import SessionState, StateHolder  # noqa: E402
 
 from ..bench.plots import display_name  # noqa: E402
 from ..errors import UserError  # noqa: E402
@@ -175,11 +183,80 @@ FILE_INPUT = ('an uploaded file, {"path": PATH, "meta": {"_type": "gradio.FileDa
               'POST /gradio_api/upload answered (gradio_client: handle_file(path)), or null')
 
 
+class LazySessionState(SessionState):
+    """gradio's per-session state, without computing the page's configuration as it goes.
+
+    gradio's own builds the configuration of every block of the page when a session starts (~100
+    blocks here: ~11 ms of the event loop's time), and again for each input and output of every
+    event, with the value it carried; and every call of the HTTP API is a new session. That
+    configuration serves only the session's deep links (:attr:`components`): here it is computed
+    when they ask for it, from the same blocks, with the same values last set."""
+
+    class _NoBlocks:
+        def __init__(self, blocks):
+            self.default_config, self.blocks = blocks.default_config, {}
+
+    def __init__(self, blocks):
+        super().__init__(self._NoBlocks(blocks))  # everything as gradio's, but no entry computed yet
+        self._page_blocks = blocks.blocks
+        self._values: dict[int, object] = {}  # the value last set per block, not yet in its entry
+
+    def __setitem__(self, key: int, value) -> None:
+        self._values.pop(key, None)  # gradio's recomputes the entry from the new block
+        super().__setitem__(key, value)
+
+    def _update_config(self, key: int) -> None:
+        self.config_values.pop(key, None)
+        self._values.pop(key, None)
+
+    def _update_value_in_config(self, key: int, value) -> None:
+        self._values[key] = value
+
+    @property
+    def components(self):
+        configs = self.blocks_config
+        for k, block in configs.blocks.items():
+            if k in self._page_blocks and k not in self.config_values:
+                self.config_values[k] = configs.config_for_block(k, [], block)
+        for k, value in self._values.items():
+            if k not in self.config_values:
+                self.config_values[k] = configs.config_for_block(k, [], configs.blocks[k])
+            if "props" in self.config_values[k]:
+                self.config_values[k]["props"]["value"] = value
+        self._values.clear()
+        yield from super().components
+
+
+class LazyStateHolder(StateHolder):
+    """gradio's :class:`StateHolder` whose new sessions are :class:`LazySessionState`."""
+
+    def __getitem__(self, session_id: str) -> SessionState:
+        if session_id not in self.session_data:
+            self.session_data[session_id] = LazySessionState(self.blocks)
+        return super().__getitem__(session_id)
+
+
 class DemoBlocks(gr.Blocks):
     """``gr.Blocks`` that answers a request whose inputs gradio itself cannot read (too few of them,
     a reference that is not an uploaded file, a value of the wrong shape) with a message saying
     which input and what it must be, and keeps the server log free of tracebacks for them (gradio
-    prints one for any exception in its input processing, and answers only "Error")."""
+    prints one for any exception in its input processing, and answers only "Error"); and whose
+    sessions start without the page's configuration (:class:`LazySessionState`)."""
+
+    @property
+    def state_holder(self) -> StateHolder:
+        try:
+            return self.__dict__["_state_holder"]
+        except KeyError:
+            raise AttributeError("state_holder") from None
+
+    @state_holder.setter
+    def state_holder(self, holder: StateHolder) -> None:
+        # gradio's app creates a plain StateHolder and hands it over here (StateHolder.set_blocks),
+        # once per app: it becomes the lazy kind (a subclass without state of its own)
+        if type(holder) is StateHolder:
+            holder.__class__ = LazyStateHolder
+        self.__dict__["_state_holder"] = holder
 
     async def preprocess_data(self, block_fn, inputs, state, explicit_call: bool = False):
         try:
@@ -205,6 +282,29 @@ class DemoBlocks(gr.Blocks):
 
         queue.push = push_or_busy
         return self
+
+
+def preprocessed(api_name: str, blocks: list, values) -> list:
+    """An endpoint's inputs as gradio's preprocessing hands them to a handler (each component's own
+    ``preprocess``, after the same validation), for an endpoint registered with
+    ``preprocess=False``: gradio itself runs each input's preprocessing as a task of its thread
+    pool, one hop between threads per input and event, which under load costs more than the
+    preprocessing. A component's ``gr.Error`` is the request's answer, as with gradio's; any other
+    failure is said as :class:`DemoBlocks` says it."""
+    out = []
+    for block, value in zip(blocks, values):
+        try:
+            model = getattr(block, "data_model", None)
+            if model is not None and value is not None:
+                value = model.model_validate(value, context={"validate_meta": True})
+            out.append(block.preprocess(value))
+        except gr.Error as e:
+            e.print_exception = False
+            raise
+        except Exception as e:  # noqa: BLE001 - the request's inputs, not the server, are at fault
+            fn = SimpleNamespace(api_name=api_name, inputs=blocks)
+            raise gr.Error(bad_input_message(fn, list(values), e), print_exception=False) from None
+    return out
 
 
 BUSY = ("the server is busy: {waiting} queries are already waiting (the limit is {limit}); nothing was run, "

@@ -213,7 +213,7 @@ def register(sub) -> None:
     p.add_argument("--concurrency", type=int, default=None, help="the app's --concurrency (default: its own)")
     p.add_argument("--max-batch", type=int, default=None, help="the app's --max-batch (default: its own)")
     p.add_argument("--max-queue", type=int, default=None, help="the app's --max-queue (default: its own)")
-    p.add_argument("--threads", type=int, default=None, help="the app's --threads (default: torch's own)")
+    p.add_argument("--threads", type=int, default=None, help="the app's --threads (default: its own)")
     p.add_argument("--index", default=None, help="passed to app.py")
     add_vl_args(p, model=None, pretrained=None, default_note="passed to app.py; default: the app's", device=False)
     p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for the app to serve")
