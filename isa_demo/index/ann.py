@@ -165,9 +165,9 @@ def tune_fastest(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, tar
     For each ``k_factor_rf`` (refined indexes only; largest first) the smallest ``nprobe`` /
     ``efSearch`` reaching the target is found by doubling (then halfway back), from the value the previous (larger)
     ``k_factor_rf`` needed (fewer re-ranked candidates never need fewer probes); a sweep stops early when a doubling
-    adds under ``SATURATED`` recall (the codes, not the probes, limit it) or when the batched
-    search costs more than ``slower`` times that of the cheapest candidate found so far (it cannot
-    win). Each candidate's batch-1 p50 on one thread is then timed on ``latency_queries``.
+    adds under ``SATURATED`` recall (the codes, not the probes, limit it) or when the next doubling
+    (twice this batched search's cost) would cost more than ``slower`` times the cheapest candidate
+    found so far (it cannot win). Each candidate's batch-1 p50 on one thread is then timed on ``latency_queries``.
     Returns the parameters (applied to ``index``), the recall they reached on ``queries``, and
     every setting tried (``params``, ``recall``, ``batch_ms_per_query``, ``b1_p50_ms`` for
     candidates). When no setting reaches the target, the one with the highest recall is returned.
@@ -210,7 +210,7 @@ def tune_fastest(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, tar
                 best_cost = min(best_cost, row["batch_ms_per_query"])
                 start = j  # fewer candidates re-ranked need at least as many probes
                 break
-            if row["recall"] - prev < SATURATED or row["batch_ms_per_query"] > slower * best_cost:
+            if row["recall"] - prev < SATURATED or 2 * row["batch_ms_per_query"] > slower * best_cost:
                 break
             prev = row["recall"]
     candidates = [r for r in tried if r.get("candidate")]
