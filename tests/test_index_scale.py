@@ -327,3 +327,39 @@ def test_bench_scale_at_a_tiny_scale(tmp_path, milvus_uri):
     assert "k_factor_rf" in row["search_params"]
     assert set(df[df.part == "milvus"].system) == {"faiss", "milvus-lite"}
     assert (df[df.part == "milvus"]["recall@10"] > 0.5).all()
+    sweep = pd.read_csv(tmp_path / "scale_sweep.csv")  # every setting the ivfpq tuning tried
+    assert row["search_params"] in set(sweep.params) and {"recall", "batch_ms_per_query"} <= set(sweep.columns)
+    # running one part again replaces its rows and keeps the others'
+    bench_scale(["ivfpq"], vectors=3000, factory="IVF{nlist},PQ16x4,Refine(SQ8)", clusters=20, chunk=1000,
+                train_size=3000, queries=50, latency_calls=5, out=out, log=lambda *a: None)
+    again = pd.read_csv(out)
+    assert again.part.tolist() == ["ivfpq"] + ["milvus"] * 4
+
+
+def test_tune_fastest_picks_the_fastest_setting_reaching_the_target():
+    import faiss
+
+    from isa_demo.bench.index import Mixture
+    from isa_demo.index import ann
+
+    mix = Mixture(32, clusters=20, seed=0)
+    x, q = mix.sample(4000, seed=1), mix.sample(200, seed=2)
+    truth = faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    index = ann.new_index(32, "IVF64,PQ8x4,Refine(SQ8)")
+    ann.train_and_add(index, x)
+    params, recall, tried = ann.tune_fastest(index, q, truth, 0.9, q[:20], k_factors=(16, 4))
+    candidates = [r for r in tried if r.get("candidate")]
+    assert recall >= 0.9 and candidates and all(r["recall"] >= 0.9 for r in candidates)
+    assert params == min(candidates, key=lambda r: r["b1_p50_ms"])["params"]
+    assert {r["params"].split(",")[1] for r in tried} <= {"k_factor_rf=16", "k_factor_rf=4"}
+    # each k_factor's sweep stops at the first nprobe reaching the target (then tries halfway back)
+    for kf in ("k_factor_rf=16", "k_factor_rf=4"):
+        rows = [r for r in tried if r["params"].endswith(kf)]
+        assert all(r["recall"] < 0.9 for r in rows[:-2])
+    # unreachable: the best recall tried, no candidate
+    params, recall, tried = ann.tune_fastest(index, q, truth, 1.01, q[:5], k_factors=(2,))
+    assert recall == max(r["recall"] for r in tried) and not any(r.get("candidate") for r in tried)
+    # nothing to tune on an exact index
+    flat = ann.new_index(32, "Flat")
+    flat.add(x)
+    assert ann.tune_fastest(flat, q, truth, 0.9, q[:5]) == ("", 1.0, [])

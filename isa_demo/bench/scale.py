@@ -8,13 +8,19 @@
   all vectors at once): build time (training and filling, not the generation), index bytes,
   the build's peak RSS (the child's ``ru_maxrss``, as ``getrusage(RUSAGE_CHILDREN)`` reports
   it), recall@10 against exact search (computed chunk by chunk) on ``--queries`` held-out
-  queries, the search parameter tuned to ``--target-recall`` on another set of as many, and the
-  latency p50/p99 at batch 1 on one thread (as the app searches).
+  queries, the search setting tuned on another set of as many (:func:`isa_demo.index.ann.tune_fastest`:
+  for each refinement ``k_factor_rf`` the smallest ``nprobe`` reaching ``--target-recall``, then
+  the one of those with the lowest batch-1 latency; every setting tried goes to
+  ``scale_sweep.csv``), and the latency p50/p99 at batch 1 on one thread (as the app searches).
 - ``milvus``: milvus-lite against faiss on the same ``--milvus-vectors`` vectors (exact search
-  in both, and each one's IVF): insert/build time, recall@10 vs exact, batch-1 latency.
+  in both, and each one's IVF): insert/build time, recall@10 vs exact, batch-1 latency. The
+  vectors go into Milvus once; each Milvus index is built over them, measured and dropped (its
+  ``build_s`` is the insert plus that index's build and load).
 - ``milvus-world``: the built-in gallery in milvus-lite against faiss exact search, on every
   test query of the built-in world (composed by ``--world-method``): the share of queries whose
   top-10 is the same.
+
+Running some ``--parts`` replaces their rows in ``--out`` and keeps the other parts' rows.
 
 The synthetic vectors are unit vectors from a mixture of anisotropic gaussians
 (:class:`isa_demo.bench.index.Mixture`: uneven cluster sizes, a decaying variance spectrum,
@@ -40,6 +46,7 @@ TIE = 1e-5  # scores closer than this are a tie (faiss and Milvus sum in differe
 PARTS = ("ray", "ivfpq", "milvus", "milvus-world")
 DIM = 256  # the built-in VL model's
 DEFAULT_FACTORY = "IVF{nlist},PQ32x8,Refine(SQ8)"
+TUNE_LATENCY_CALLS = 200  # batch-1 searches timed per candidate setting while tuning
 
 
 # ---------------------------------------------------------------------- synthetic vectors in chunks
@@ -139,7 +146,9 @@ def bench_ivfpq(n: int, factory: str, queries: int, target_recall: float, cluste
         log(f"  exact top-{K} of {2 * queries} queries chunk by chunk in {time.perf_counter() - t:.1f}s")
         index = faiss.read_index(spec["out"])
     tune_q, tune_t, q, truth = q[:queries], truth[:queries], q[queries:], truth[queries:]
-    params, _ = ann.tune(index, tune_q, tune_t, target_recall)
+    log(f"  tuning to recall@{K} >= {target_recall} on {queries} queries, fastest at batch 1:")
+    params, tune_recall, sweep = ann.tune_fastest(index, tune_q, tune_t, target_recall,
+                                                  mix.sample(TUNE_LATENCY_CALLS, seed=seed + 17), log=log)
     recall = ann.recall_at_k(index.search(q, K)[1], truth)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
@@ -151,7 +160,9 @@ def bench_ivfpq(n: int, factory: str, queries: int, target_recall: float, cluste
     return {"part": "ivfpq", "system": "faiss", "index": factory, "n": n, "dim": DIM, "search_params": params,
             "build_s": r["build_s"], "index_bytes": r["index_bytes"], "peak_rss_bytes": r["peak_rss_bytes"],
             "rss_over_index": r["peak_rss_bytes"] / r["index_bytes"], "recall@10": recall, "queries": len(q),
-            "b1_p50_ms": p50, "b1_p99_ms": p99, "clusters": clusters, "train_size": spec["train_size"]}
+            "b1_p50_ms": p50, "b1_p99_ms": p99, "clusters": clusters, "train_size": spec["train_size"],
+            "target_recall": target_recall, "tune_recall@10": tune_recall,
+            "sweep": [{"part": "ivfpq", "index": factory, "n": n, **r} for r in sweep]}
 
 
 # ---------------------------------------------------------------------- milvus-lite vs faiss
@@ -188,21 +199,25 @@ def bench_milvus(n: int, queries: int, target_recall: float, clusters: int, chun
         log(f"milvus: faiss {factory} {params}: recall@10 {recall:.4f}, p50 {p50:.3f} ms")
     with tempfile.TemporaryDirectory(prefix="isa-milvus-") as tmp:
         client = pymilvus.MilvusClient(os.path.join(tmp, "bench.db"))
+        name = "bench"
+        schema = pymilvus.MilvusClient.create_schema(auto_id=False)
+        schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
+        schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=DIM)
+        t = time.perf_counter()  # the vectors go in once; each index is then built over them, measured, dropped
+        client.create_collection(name, schema=schema)
+        for s in range(0, n, 10_000):
+            client.insert(name, [{"id": i, "vector": v} for i, v in enumerate(x[s:s + 10_000], s)])
+        client.flush(name)
+        insert_s = time.perf_counter() - t
+        log(f"milvus: milvus-lite took {n:,} vectors in {insert_s:.1f}s")
         for kind in ("FLAT", "IVF_FLAT"):
-            name = f"bench_{kind.lower()}"
             params = dict(INDEX_TYPES[kind], **({"nlist": nlist} if kind == "IVF_FLAT" else {}))
-            schema = pymilvus.MilvusClient.create_schema(auto_id=False)
-            schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
-            schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=DIM)
             ip = client.prepare_index_params()
             ip.add_index("vector", index_type=kind, metric_type="IP", params=params)
             t = time.perf_counter()
-            client.create_collection(name, schema=schema, index_params=ip)
-            for s in range(0, n, 10_000):
-                client.insert(name, [{"id": i, "vector": v} for i, v in enumerate(x[s:s + 10_000], s)])
-            client.flush(name)
+            client.create_index(name, ip)
             client.load_collection(name)
-            build_s = time.perf_counter() - t
+            build_s = insert_s + time.perf_counter() - t
 
             def search(qs, sp, name=name):
                 res = client.search(name, data=qs, limit=K, search_params={"metric_type": "IP", "params": sp})
@@ -227,7 +242,9 @@ def bench_milvus(n: int, queries: int, target_recall: float, clusters: int, chun
                          "queries": queries, "b1_p50_ms": float(np.percentile(ms, 50)),
                          "b1_p99_ms": float(np.percentile(ms, 99))})
             log(f"milvus: milvus-lite {kind} {sp}: recall@10 {recall:.4f}, p50 {rows[-1]['b1_p50_ms']:.3f} ms")
-            client.drop_collection(name)
+            client.release_collection(name)
+            client.drop_index(name, "vector")
+        client.drop_collection(name)
         client.close()
     return rows
 
@@ -310,6 +327,12 @@ def bench_ray(images: int, batch_size: int, vl_model: str | None, vl_pretrained:
 
 
 # ---------------------------------------------------------------------- command
+def sweep_path(out: str | Path) -> Path:
+    """Where the ivfpq part's search-parameter sweep goes: ``scale_sweep.csv`` beside ``scale.csv``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_sweep{out.suffix}")
+
+
 def bench_scale(parts=PARTS, vectors: int = 10_000_000, factory: str = DEFAULT_FACTORY, queries: int = 1000,
                 target_recall: float = 0.96, clusters: int = 10_000, chunk: int = 100_000, train_size: int = 200_000,
                 milvus_vectors: int = 1_000_000, images: int = 2000, batch_size: int = 64, latency_calls: int = 500,
@@ -320,10 +343,19 @@ def bench_scale(parts=PARTS, vectors: int = 10_000_000, factory: str = DEFAULT_F
     from ..evaluation.results import write_table
 
     rows: list[dict] = []
+    sweep: list[dict] = []
+    kept = pd.DataFrame()
+    if out and Path(out).exists():  # the rows of the parts not run this time stay
+        kept = pd.read_csv(out)
+        kept = kept[~kept.part.isin(parts)] if "part" in kept.columns else pd.DataFrame()
 
     def save():
-        if out:
-            write_table(pd.DataFrame(rows), out)  # after every part: a long run keeps what it measured
+        if out:  # after every part: a long run keeps what it measured
+            df = pd.concat([kept, pd.DataFrame(rows)], ignore_index=True)
+            order = {p: i for i, p in enumerate(PARTS)}
+            write_table(df.sort_values("part", key=lambda c: c.map(order), kind="stable"), out)
+            if sweep:
+                write_table(pd.DataFrame(sweep), sweep_path(out))
 
     for part in parts:
         if part == "ray":
@@ -331,6 +363,7 @@ def bench_scale(parts=PARTS, vectors: int = 10_000_000, factory: str = DEFAULT_F
         elif part == "ivfpq":
             rows.append(bench_ivfpq(vectors, factory, queries, target_recall, clusters, chunk, train_size,
                                     latency_calls, seed, log))
+            sweep += rows[-1].pop("sweep")
         elif part == "milvus":
             rows += bench_milvus(milvus_vectors, queries, target_recall, clusters, chunk, latency_calls, seed, log)
         elif part == "milvus-world":

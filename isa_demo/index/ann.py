@@ -77,18 +77,26 @@ def all_vectors(index: faiss.Index) -> np.ndarray:
 REFINE_K_FACTORS = (2, 4, 8, 16)
 
 
+def _base_values(index: faiss.Index) -> list[str] | None:
+    """The ``nprobe`` / ``efSearch`` settings of an index, cheapest first, or None."""
+    ivf = ivf_of(index)
+    if ivf is not None:
+        return [f"nprobe={p}" for p in [p for p in (1 << i for i in range(20)) if p < ivf.nlist] + [ivf.nlist]]
+    if _hnsw(index) is not None:
+        return [f"efSearch={v}" for v in EF_SEARCH]
+    return None
+
+
+def is_refined(index: faiss.Index) -> bool:
+    return isinstance(faiss.downcast_index(index), faiss.IndexRefine)
+
+
 def search_parameter(index: faiss.Index) -> list[str] | None:
     """The search parameter settings trading speed for recall, cheapest first (faiss
     ParameterSpace strings), or None when there is nothing to tune. A refined index (``Refine``,
     ``RFlat``) also tries re-ranking more candidates (``k_factor_rf``) at each ``nprobe``."""
-    ivf = ivf_of(index)
-    if ivf is not None:
-        values = [f"nprobe={p}" for p in [p for p in (1 << i for i in range(20)) if p < ivf.nlist] + [ivf.nlist]]
-    elif _hnsw(index) is not None:
-        values = [f"efSearch={v}" for v in EF_SEARCH]
-    else:
-        return None
-    if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
+    values = _base_values(index)
+    if values is not None and is_refined(index):
         values = [f"{v},k_factor_rf={k}" for v in values for k in REFINE_K_FACTORS]
     return values
 
@@ -124,6 +132,96 @@ def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: flo
         if recall >= target:
             break
     return params, recall
+
+
+SWEEP_K_FACTORS = (256, 128, 64, 32, 16, 8, 4, 2)
+SATURATED = 0.001  # a doubling of nprobe / efSearch that adds less recall than this: the codes limit it
+
+
+def _batch1_p50_ms(index: faiss.Index, queries: np.ndarray, k: int) -> float:
+    """Median wall time of one-query searches on one thread (as the app searches), in ms."""
+    import time
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.search(queries[:1], k)
+        times = []
+        for i in range(len(queries)):
+            t = time.perf_counter()
+            index.search(queries[i:i + 1], k)
+            times.append(time.perf_counter() - t)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return float(np.median(times) * 1e3)
+
+
+def tune_fastest(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float,
+                 latency_queries: np.ndarray, k_factors: Sequence[int] = SWEEP_K_FACTORS, slower: float = 2.0,
+                 log: Callable[[str], None] | None = None) -> tuple[str, float, list[dict]]:
+    """The search setting with the lowest batch-1 latency among those reaching ``target``
+    recall@k on ``queries`` (the tuning set: report recall on other queries).
+
+    For each ``k_factor_rf`` (refined indexes only; largest first) the smallest ``nprobe`` /
+    ``efSearch`` reaching the target is found by doubling (then halfway back), from the value the previous (larger)
+    ``k_factor_rf`` needed (fewer re-ranked candidates never need fewer probes); a sweep stops early when a doubling
+    adds under ``SATURATED`` recall (the codes, not the probes, limit it) or when the next doubling
+    (twice this batched search's cost) would cost more than ``slower`` times the cheapest candidate
+    found so far (it cannot win). Each candidate's batch-1 p50 on one thread is then timed on ``latency_queries``.
+    Returns the parameters (applied to ``index``), the recall they reached on ``queries``, and
+    every setting tried (``params``, ``recall``, ``batch_ms_per_query``, ``b1_p50_ms`` for
+    candidates). When no setting reaches the target, the one with the highest recall is returned.
+    """
+    import time
+
+    k = truth.shape[1]
+    base = _base_values(index)
+    if base is None:
+        _, found = index.search(queries, k)
+        return "", recall_at_k(found, truth), []
+    kfs = sorted({int(f) for f in k_factors}, reverse=True) if is_refined(index) else [None]
+    tried: list[dict] = []
+    best_cost = float("inf")
+    start = 0
+
+    def trial(v: str, kf: int | None) -> dict:
+        params = v if kf is None else f"{v},k_factor_rf={kf}"
+        set_search_params(index, params)
+        t = time.perf_counter()
+        _, found = index.search(queries, k)
+        cost = (time.perf_counter() - t) * 1e3 / len(queries)
+        row = {"params": params, "recall": recall_at_k(found, truth), "batch_ms_per_query": cost}
+        tried.append(row)
+        if log:
+            log(f"    {params}: recall@{k} {row['recall']:.4f}, {cost:.3f} ms/query batched")
+        return row
+
+    for kf in kfs:
+        prev = -1.0
+        for j in range(start, len(base)):
+            row = trial(base[j], kf)
+            if row["recall"] >= target:
+                name, hi = base[j].split("=")
+                lo = int(base[j - 1].split("=")[1]) if j else int(hi)
+                if int(hi) - lo >= 2:  # halfway back to the previous value (192 between 128 and 256)
+                    mid = trial(f"{name}={(lo + int(hi)) // 2}", kf)
+                    row = mid if mid["recall"] >= target else row
+                row["candidate"] = True
+                best_cost = min(best_cost, row["batch_ms_per_query"])
+                start = j  # fewer candidates re-ranked need at least as many probes
+                break
+            if row["recall"] - prev < SATURATED or 2 * row["batch_ms_per_query"] > slower * best_cost:
+                break
+            prev = row["recall"]
+    candidates = [r for r in tried if r.get("candidate")]
+    for r in candidates:
+        set_search_params(index, r["params"])
+        r["b1_p50_ms"] = _batch1_p50_ms(index, latency_queries, k)
+        if log:
+            log(f"    candidate {r['params']}: batch-1 p50 {r['b1_p50_ms']:.3f} ms")
+    pick = min(candidates, key=lambda r: r["b1_p50_ms"]) if candidates else max(tried, key=lambda r: r["recall"])
+    set_search_params(index, pick["params"])
+    return pick["params"], pick["recall"], tried
 
 
 def sample_recall(index: faiss.Index, vectors: np.ndarray, params: str | None = None, target: float = 0.95,
