@@ -68,17 +68,6 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t
 
 
-def latency_ms(index: faiss.Index, queries: np.ndarray, batch: int, calls: int) -> tuple[float, float]:
-    """p50, p99 of the wall time of ``calls`` searches of ``batch`` queries each (ms)."""
-    index.search(queries[:batch], K)  # warm-up
-    times = []
-    for c in range(calls):
-        s = (c * batch) % max(len(queries) - batch + 1, 1)
-        times.append(_timed(index.search, queries[s:s + batch], K))
-    ms = np.asarray(times) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-
-
 def auto_nlist(n: int) -> int:
     """IVF lists: the power of two nearest 4 sqrt(n), with at least 39 training points per list."""
     nlist = 2 ** round(math.log2(max(4 * math.sqrt(n), 1)))
@@ -127,8 +116,8 @@ def bench_index(n: int = 1_000_000, dims=(256, 512), factories=("HNSW32", "IVF{n
                 params, _ = ann.tune(index, q[:half], truth[:half], target_recall)
                 recall = ann.recall_at_k(index.search(q[half:], K)[1], truth[half:])
             nbytes = ann.index_bytes(index)
-            b1 = latency_ms(index, lat_q, 1, latency_calls)
-            b64 = latency_ms(index, lat_q, 64, max(latency_calls // 10, 5))
+            b1 = ann.latency_ms(index, lat_q, 1, latency_calls, K)
+            b64 = ann.latency_ms(index, lat_q, 64, max(latency_calls // 10, 5), K)
             floor = nbytes / (bandwidth * 1e9) * 1e3 if ann.is_exact(factory) else float("nan")
             rows.append({"n": n, "dim": dim, "index": factory, "search_params": params, "build_s": build_s,
                          "index_mb": nbytes / 1e6, "bytes_per_vector": nbytes / n, "recall@10": recall,

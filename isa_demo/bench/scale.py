@@ -128,7 +128,6 @@ def bench_ivfpq(n: int, factory: str, queries: int, target_recall: float, cluste
     import faiss
 
     from ..index import ann
-    from .index import latency_ms
 
     nlist = nlist_for(n)
     factory = factory.format(nlist=nlist)
@@ -150,12 +149,7 @@ def bench_ivfpq(n: int, factory: str, queries: int, target_recall: float, cluste
     params, tune_recall, sweep = ann.tune_fastest(index, tune_q, tune_t, target_recall,
                                                   mix.sample(TUNE_LATENCY_CALLS, seed=seed + 17), log=log)
     recall = ann.recall_at_k(index.search(q, K)[1], truth)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        p50, p99 = latency_ms(index, mix.sample(max(latency_calls, 1), seed=seed + 13), 1, latency_calls)
-    finally:
-        faiss.omp_set_num_threads(threads)
+    p50, p99 = ann.latency_ms(index, mix.sample(max(latency_calls, 1), seed=seed + 13), 1, latency_calls, K, threads=1)
     log(f"  {params}: recall@10 {recall:.4f}, batch-1 p50 {p50:.3f} ms, p99 {p99:.3f} ms")
     return {"part": "ivfpq", "system": "faiss", "index": factory, "n": n, "dim": DIM, "search_params": params,
             "build_s": r["build_s"], "index_bytes": r["index_bytes"], "peak_rss_bytes": r["peak_rss_bytes"],
@@ -173,7 +167,6 @@ def bench_milvus(n: int, queries: int, target_recall: float, clusters: int, chun
     from ..common import require_extra
     from ..index import ann
     from ..index.milvus import INDEX_TYPES
-    from .index import latency_ms
 
     pymilvus = require_extra("pymilvus", "bench scale --parts milvus")
     mix = _mixture(DIM, clusters, seed)
@@ -182,7 +175,6 @@ def bench_milvus(n: int, queries: int, target_recall: float, clusters: int, chun
     lat_q = mix.sample(max(latency_calls, 1), seed=seed + 13)
     _, truth = faiss.knn(q, x, K, metric=faiss.METRIC_INNER_PRODUCT)
     rows = []
-    threads = faiss.omp_get_max_threads()
     nlist = nlist_for(n)
     for factory in ("Flat", f"IVF{nlist},Flat"):
         t = time.perf_counter()
@@ -191,9 +183,7 @@ def bench_milvus(n: int, queries: int, target_recall: float, clusters: int, chun
         build_s = time.perf_counter() - t
         params, _ = ann.tune(index, q[:queries], truth[:queries], target_recall)
         recall = ann.recall_at_k(index.search(q[queries:], K)[1], truth[queries:])
-        faiss.omp_set_num_threads(1)
-        p50, p99 = latency_ms(index, lat_q, 1, latency_calls)
-        faiss.omp_set_num_threads(threads)
+        p50, p99 = ann.latency_ms(index, lat_q, 1, latency_calls, K, threads=1)
         rows.append({"part": "milvus", "system": "faiss", "index": factory, "n": n, "dim": DIM, "search_params": params,
                      "build_s": build_s, "recall@10": recall, "queries": queries, "b1_p50_ms": p50, "b1_p99_ms": p99})
         log(f"milvus: faiss {factory} {params}: recall@10 {recall:.4f}, p50 {p50:.3f} ms")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -138,22 +139,25 @@ SWEEP_K_FACTORS = (256, 128, 64, 32, 16, 8, 4, 2)
 SATURATED = 0.001  # a doubling of nprobe / efSearch that adds less recall than this: the codes limit it
 
 
-def _batch1_p50_ms(index: faiss.Index, queries: np.ndarray, k: int) -> float:
-    """Median wall time of one-query searches on one thread (as the app searches), in ms."""
-    import time
-
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+def latency_ms(index: faiss.Index, queries: np.ndarray, batch: int, calls: int, k: int = 10,
+               threads: int | None = None) -> tuple[float, float]:
+    """p50, p99 of the wall time of ``calls`` searches of ``batch`` queries each (ms), after one
+    warm-up; on ``threads`` OpenMP threads (1: as the app searches; None: faiss's current setting)."""
+    before = faiss.omp_get_max_threads()
+    if threads:
+        faiss.omp_set_num_threads(threads)
     try:
-        index.search(queries[:1], k)
+        index.search(queries[:batch], k)
         times = []
-        for i in range(len(queries)):
+        for c in range(calls):
+            s = (c * batch) % max(len(queries) - batch + 1, 1)
             t = time.perf_counter()
-            index.search(queries[i:i + 1], k)
+            index.search(queries[s:s + batch], k)
             times.append(time.perf_counter() - t)
     finally:
-        faiss.omp_set_num_threads(threads)
-    return float(np.median(times) * 1e3)
+        faiss.omp_set_num_threads(before)
+    ms = np.asarray(times) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
 def tune_fastest(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float,
@@ -216,7 +220,7 @@ def tune_fastest(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, tar
     candidates = [r for r in tried if r.get("candidate")]
     for r in candidates:
         set_search_params(index, r["params"])
-        r["b1_p50_ms"] = _batch1_p50_ms(index, latency_queries, k)
+        r["b1_p50_ms"] = latency_ms(index, latency_queries, 1, len(latency_queries), k, threads=1)[0]
         if log:
             log(f"    candidate {r['params']}: batch-1 p50 {r['b1_p50_ms']:.3f} ms")
     pick = min(candidates, key=lambda r: r["b1_p50_ms"]) if candidates else max(tried, key=lambda r: r["recall"])
