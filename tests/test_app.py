@@ -556,6 +556,29 @@ def test_http_api_compose(served, example, upload, giant_png):
         client.predict(None, "make the circle red", "sum", None, 5, api_name="/compose")
 
 
+def test_rest_compose_answers_as_gradio_does(served, example):
+    """``POST /api/compose`` (one multipart request) gives gradio's /compose answer for the same
+    query, defaults its fields like the page, and says a refused input as the page does."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    ref = (os.path.basename(example["image"]), open(example["image"], "rb").read())
+    fields = {"modifier": example["modifier"], "method": "isa", "backbone": TINY_BACKBONE, "k": "5"}
+    r = httpx.post(served + "api/compose", data=fields, files={"image": ref}, timeout=60)
+    assert r.status_code == 200, r.text
+    ours = r.json()
+    theirs = Client(served, verbose=False).predict(handle_file(example["image"]), example["modifier"], "isa",
+                                                   TINY_BACKBONE, 5, api_name="/compose")
+    assert ours["ids"] == theirs["ids"] and ours["scores"] == pytest.approx(theirs["scores"], abs=1e-6)
+    assert ours["excluded_reference_ids"] == theirs["excluded_reference_ids"]  # the same bytes: the same image
+    default = httpx.post(served + "api/compose", data={"modifier": example["modifier"]}, files={"image": ref},
+                         timeout=60).json()
+    assert len(default["ids"]) == 10 and default["method"] == theirs["method"]  # the app's default method
+    refused = httpx.post(served + "api/compose", data={**fields, "k": "abc"}, files={"image": ref}, timeout=60)
+    assert refused.status_code == 400
+    assert refused.json() == {"error": f"top-K must be a whole number from 1 to {MAX_K}; “abc” is not a number"}
+
+
 @pytest.mark.parametrize("k", list(BAD_K))
 def test_http_api_top_k_like_the_page(served, example, k):
     """The API refuses a bad Top-K with the page's own message (the slider's bounds do not answer
@@ -614,7 +637,8 @@ def test_bench_load_small(served, small_world, tmp_path):
     (tmp_path / "c" / "f").write_bytes(b"x" * 1000)
     rows, meta = run_load(served, world_queries(small_world, 8), clients=2, seconds=1.5, rounds=2, also_clients=[1],
                           pid=os.getpid(), cache_dir=tmp_path / "c")
-    assert [r["clients"] for r in rows] == [2, 2, 1] and not meta["errors"]
+    assert [(r["api"], r["clients"]) for r in rows] == [(api, n) for api in ("gradio", "rest") for n in (2, 2, 1)]
+    assert not meta["errors"]
     assert all(r["errors"] == 0 and r["queries"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
     assert rows[0]["server_rss_mb"] > 0 and rows[1]["rss_growth_pct"] == rows[1]["rss_growth_pct"]  # not NaN
     assert rows[0]["cache_files"] == 1 and folder_size(tmp_path / "c")[0] == 0.001
@@ -748,6 +772,8 @@ def test_uploads_are_deleted_on_schedule(service, tmp_path):
         assert demo._queue.max_size == 5 and demo.delete_cache == (1, 1)
         too_big = httpx.post(url, files={"files": ("a.png", b"\0" * 2048)})
         assert too_big.status_code == 413 and "maximum allowed size" in too_big.text
+        too_big = httpx.post(f"http://127.0.0.1:{port}/api/compose", files={"image": ("a.png", b"\0" * 200_000)})
+        assert too_big.status_code == 413 and "the upload is too large" in too_big.json()["error"]
         path = httpx.post(url, files={"files": ("a.png", b"\0" * 500)}).json()[0]
         assert os.path.exists(path)
         t = time.perf_counter()

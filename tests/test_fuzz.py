@@ -329,6 +329,82 @@ def test_any_input_over_http(api, example, modifier, k, method):
     COUNTS["parameters"] += 1
 
 
+class Rest:
+    """``POST /api/compose``: one multipart request per query; every call bounded."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/") + "/api/compose"
+        self.http = httpx.Client(timeout=CALL_SECONDS)
+
+    def call(self, fields: dict, image: tuple | None = None, **kw) -> tuple[int, dict]:
+        """``(status, JSON)``: 200 and a result, or 400/413/503 and a message (checked here)."""
+        COUNTS["http"] += 1
+        fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items() if v is not None}
+        t = time.perf_counter()
+        r = self.http.post(self.url, data=fields, files={"image": image} if image else None, **kw)
+        assert time.perf_counter() - t < CALL_SECONDS
+        body = r.json()
+        if r.status_code != 200:
+            assert r.status_code in (400, 413, 503), (r.status_code, r.text[:300])
+            COUNTS["errors_seen"] += 1
+            check_message(body["error"])
+        return r.status_code, body
+
+
+@pytest.fixture(scope="module")
+def rest(served):
+    return Rest(served)
+
+
+def test_hostile_files_over_rest(rest, files, capfd):
+    for name, (path, usable) in files.items():
+        status, out = rest.call({"modifier": "make the circle red", "method": "isa", "backbone": TINY_BACKBONE,
+                                 "k": "5"}, (name, path.read_bytes()))
+        COUNTS["files"] += 1
+        assert (status == 200) == usable, f"{name}: {out}"
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_every_field_over_rest(rest, example, capfd):
+    """Each field of /api/compose in turn takes wrong values (the others valid); then malformed
+    requests: unknown fields, text for the file, two files, JSON, no body. The server answers
+    afterwards, and nothing reaches the log as a traceback."""
+    image = (Path(example["image"]).name, Path(example["image"]).read_bytes())
+    base = {"modifier": "make the circle red", "method": "isa", "backbone": TINY_BACKBONE, "k": "5"}
+    assert rest.call(base, image)[0] == 200
+    wrong = {"modifier": [None, "", " ", "x" * 100_000, "\x00\x01", "🔴" * 50],
+             "method": ["", "5", "nope", "x" * 10_000, "ISA"],
+             "backbone": ["", "nope", "5"],
+             "k": ["", "abc", "0", "-1", "51", "1e30", "7.5", "true", "[]", "NaN", "inf", " 5 "]}
+    for key, values in wrong.items():
+        for value in values:
+            rest.call({**base, key: value}, image)  # a result or a message, checked inside
+            COUNTS["parameters"] += 1
+    assert rest.call(base)[1]["error"].startswith("no reference image")
+    assert "unknown field" in rest.call({**base, "extra": "1"}, image)[1]["error"]
+    assert "must be a file" in rest.call({**base, "image": "abc"})[1]["error"]
+    two = rest.http.post(rest.url, data=base, files=[("image", image), ("image", image)])
+    assert two.status_code == 400 and "at most one file" in two.json()["error"]
+    for kw in ({"json": {"image": "abc", **base}}, {"content": b""}, {"content": b"\x00" * 100}):
+        r = rest.http.post(rest.url, **kw)
+        assert r.status_code == 400 and "multipart form" in r.json()["error"], r.text
+    r = rest.http.post(rest.url, content=b"--x\r\nnonsense", headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 400 and "Traceback" not in r.text, r.text
+    COUNTS["parameters"] += 8
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    assert rest.call(base, image)[0] == 200
+
+
+@FUZZ
+@given(modifier=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=200),
+       k=ODD, method=st.sampled_from(["isa", "sum"]) | ODD)
+def test_any_input_over_rest(rest, example, modifier, k, method):
+    image = (Path(example["image"]).name, Path(example["image"]).read_bytes())
+    rest.call({"modifier": modifier, "method": method, "backbone": TINY_BACKBONE, "k": k}, image)
+    COUNTS["parameters"] += 1
+
+
 def test_queue_full_says_busy_and_retry(service):
     """Past --max-queue waiting requests, a new one is refused at once with a "busy, retry" message."""
     from helpers import free_port
@@ -336,8 +412,10 @@ def test_queue_full_says_busy_and_retry(service):
 
     gate = threading.Event()
     real = service.composer.batcher.run
+    entered = []
 
     def slow(*a, **kw):
+        entered.append(a[3])  # the modifier
         gate.wait(20)
         return real(*a, **kw)
 
@@ -353,6 +431,16 @@ def test_queue_full_says_busy_and_retry(service):
         busy = [r for r in statuses if r.status_code == 503]
         assert busy, [r.status_code for r in statuses]
         assert "the server is busy" in busy[0].json()["detail"] and "retry" in busy[0].json()["detail"]
+        rest = Rest(f"http://127.0.0.1:{port}/")
+        fields = {"modifier": "make the circle blue", "method": "sum"}
+        image = ("ref.png", Path(service.inspector.example_queries(1)[0]["image"]).read_bytes())
+        first = threading.Thread(target=rest.call, args=(fields, image))  # waits in slow() until the gate opens
+        first.start()
+        t = time.perf_counter()
+        while "make the circle blue" not in entered and time.perf_counter() - t < 10:
+            time.sleep(0.05)
+        status, out = rest.call(fields, image)
+        assert status == 503 and "the server is busy" in out["error"] and "retry" in out["error"], out
     finally:
         gate.set()
         service.composer.batcher.run = real

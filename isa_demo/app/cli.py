@@ -96,13 +96,17 @@ def launch(demo, service, host: str = "127.0.0.1", port: int | None = 7860, shar
            block: bool = True, quiet: bool = False, max_file_size: str | int = DEFAULT_MAX_FILE_SIZE,
            max_sessions: int = DEFAULT_SESSIONS):
     """Start the server; serves files only from the gallery, the world's test images and the
-    app's own assets (``service.allowed_paths()``)."""
+    app's own assets (``service.allowed_paths()``); ``POST /api/compose`` beside gradio's API
+    (:mod:`isa_demo.app.rest`), which refuses as busy past the queue's own ``max_size``."""
+    from .rest import compose_route
     from .ui import CSS, PAGE_JS
 
+    api = compose_route(service, max_file_size, demo._queue.max_size or DEFAULT_MAX_QUEUE)
     return demo.launch(server_name=host, server_port=port, share=share, allowed_paths=service.allowed_paths(),
                        max_file_size=max_file_size, show_error=False, prevent_thread_lock=not block, quiet=quiet,
                        css=CSS, js=PAGE_JS, footer_links=["api"], ssr_mode=False, run_history=False,
                        enable_monitoring=False,
+                       app_kwargs={"routes": [api]},
                        state_session_capacity=max(1, int(max_sessions)))
 
 

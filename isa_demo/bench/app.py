@@ -126,21 +126,28 @@ def percentiles(ms: list[float]) -> dict:
 class HttpCompose:
     """``/compose`` over the plain HTTP API, as curl would call it: upload the reference
     (``POST gradio_api/upload``), submit (``POST gradio_api/call/compose``), read the result
-    from the event stream (``GET gradio_api/call/compose/{event_id}``). No client-side polling."""
+    from the event stream (``GET gradio_api/call/compose/{event_id}``). No client-side polling.
+    A call returns ``(milliseconds, the JSON answer)``, the reference file read inside the time."""
+
+    route = "/gradio_api"
 
     def __init__(self, url: str):
         import httpx
 
-        self.url = url.rstrip("/") + "/gradio_api"
+        self.url = url.rstrip("/") + self.route
         self.http = httpx.Client(timeout=120.0)
 
     def __call__(self, query, method, backbone, k) -> tuple[float, dict]:
-        import json
-
         path, modifier = query
         t = time.perf_counter()
         with open(path, "rb") as f:
-            r = self.http.post(f"{self.url}/upload", files={"files": (os.path.basename(path), f.read())})
+            out = self.ask((os.path.basename(path), f.read()), modifier, method, backbone, k)
+        return (time.perf_counter() - t) * 1000.0, out
+
+    def ask(self, image: tuple[str, bytes], modifier, method, backbone, k) -> dict:
+        import json
+
+        r = self.http.post(f"{self.url}/upload", files={"files": image})
         r.raise_for_status()
         image = {"path": r.json()[0], "meta": {"_type": "gradio.FileData"}}
         r = self.http.post(f"{self.url}/call/compose", json={"data": [image, modifier, method, backbone, k]})
@@ -155,7 +162,24 @@ class HttpCompose:
                     break
         if event != "complete" or data is None:
             raise RuntimeError(f"/compose answered {event}: {data}")
-        return (time.perf_counter() - t) * 1000.0, json.loads(data)[0]
+        return json.loads(data)[0]
+
+
+class RestCompose(HttpCompose):
+    """``POST /api/compose`` (:mod:`isa_demo.app.rest`): the reference and the fields in one
+    multipart request, the JSON answer in its response."""
+
+    route = "/api/compose"
+
+    def ask(self, image: tuple[str, bytes], modifier, method, backbone, k) -> dict:
+        fields = {"modifier": modifier, "method": method, "backbone": backbone or "", "k": str(k)}
+        r = self.http.post(self.url, data=fields, files={"image": image})
+        if r.status_code != 200:
+            raise RuntimeError(f"/api/compose answered {r.status_code}: {r.text[:300]}")
+        return r.json()
+
+
+CLIENTS = {"gradio": HttpCompose, "rest": RestCompose}  # bench load --api
 
 
 def _call(client, query, method, backbone, k):

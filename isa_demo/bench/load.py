@@ -1,10 +1,12 @@
 """``python -m isa_demo bench load``: the demo under sustained load, round after round.
 
 Starts ``python app.py`` (as ``bench app`` does, with its own fresh gradio cache folder), then
-runs rounds: ``--clients`` concurrent clients (each its own HTTP connection, the plain API of
-:class:`isa_demo.bench.app.HttpCompose`: upload, submit, read the result) calling ``/compose``
-back to back for ``--seconds``; ``--rounds`` such rounds, then one round for each of
-``--also-clients`` (the 16 clients the throughput target is stated for). Per round: queries
+runs rounds: ``--clients`` concurrent clients (each its own HTTP connection) composing back to
+back for ``--seconds``; ``--rounds`` such rounds, then one round for each of ``--also-clients``
+(the 16 clients the throughput target is stated for). The rounds run once per ``--api``:
+``gradio``, gradio's plain HTTP API (:class:`isa_demo.bench.app.HttpCompose`: upload, submit,
+read the event stream: three requests through gradio's queue), and ``rest``, the app's
+``POST /api/compose`` (:class:`isa_demo.bench.app.RestCompose`: one multipart request). Per round: queries
 answered, errors (any answer other than a result), throughput, p50/p99/mean latency, the mean
 batch size the server reports (concurrent queries encoded and searched together), the server's
 RSS after the round and its growth over the previous round of the same size, and the size of
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from ..options import add_vl_args
 from ..settings import WORLD_DIR
-from .app import HttpCompose, default_choice, free_port, percentiles, start_app, stop_app, world_queries
+from .app import CLIENTS, default_choice, free_port, percentiles, start_app, stop_app, world_queries
 
 LOAD_CSV = "load.csv"
 
@@ -66,8 +68,8 @@ def folder_size(path: str | os.PathLike | None) -> tuple[float, int]:
 
 
 def load_round(url: str, queries: list[tuple[str, str]], clients: int, seconds: float, method: str,
-               backbone: str | None, k: int) -> dict:
-    """``clients`` threads calling ``/compose`` back to back for ``seconds``; one row."""
+               backbone: str | None, k: int, api: str = "gradio") -> dict:
+    """``clients`` threads composing back to back over ``api`` for ``seconds``; one row."""
     lat: list[float] = []
     batches: list[int] = []
     errors: list[str] = []
@@ -75,7 +77,7 @@ def load_round(url: str, queries: list[tuple[str, str]], clients: int, seconds: 
     deadline = time.perf_counter() + seconds
 
     def client(c: int) -> None:
-        http = HttpCompose(url)
+        http = CLIENTS[api](url)
         i = c
         while time.perf_counter() < deadline:
             try:
@@ -99,28 +101,30 @@ def load_round(url: str, queries: list[tuple[str, str]], clients: int, seconds: 
 
 def run_load(url: str, queries, clients: int = 32, seconds: float = 60.0, rounds: int = 3,
              also_clients: list[int] | None = None, method: str | None = None, backbone: str | None = None,
-             k: int = 10, pid: int | None = None, cache_dir: str | os.PathLike | None = None):
-    """The rounds against a serving app; returns ``(rows, meta)``."""
+             k: int = 10, pid: int | None = None, cache_dir: str | os.PathLike | None = None,
+             apis: tuple[str, ...] = ("gradio", "rest")):
+    """The rounds against a serving app, for each of ``apis``; returns ``(rows, meta)``."""
     from gradio_client import Client
 
     info = Client(url, verbose=False).predict(api_name="/variants")
     method, backbone = default_choice(info, method, backbone)
-    warm = HttpCompose(url)
-    for i in range(3):
-        warm(queries[i % len(queries)], method, backbone, k)
-    plan = [clients] * rounds + list(also_clients or [])
+    for api in apis:
+        warm = CLIENTS[api](url)
+        for i in range(3):
+            warm(queries[i % len(queries)], method, backbone, k)
+    plan = [(api, n) for api in apis for n in [clients] * rounds + list(also_clients or [])]
     rows, last_rss, errors = [], {}, []
-    for r, n in enumerate(plan, 1):
-        row = load_round(url, queries, n, seconds, method, backbone, k)
+    for r, (api, n) in enumerate(plan, 1):
+        row = load_round(url, queries, n, seconds, method, backbone, k, api)
         errors += row.pop("first_errors")
         rss = rss_mb(pid)
-        prev = last_rss.get(n)
+        prev = last_rss.get((api, n))
         cache_mb, cache_files = folder_size(cache_dir)
-        rows.append({"round": r, **row, "server_rss_mb": rss,
+        rows.append({"round": r, "api": api, **row, "server_rss_mb": rss,
                      "rss_growth_pct": (rss - prev) / prev * 100.0 if prev else float("nan"),
                      "cache_mb": cache_mb, "cache_files": cache_files})
-        last_rss[n] = rss
-        print(f"round {r}: {n} clients, {row['queries']} queries in {row['seconds']:.0f} s, "
+        last_rss[api, n] = rss
+        print(f"round {r}: {api}, {n} clients, {row['queries']} queries in {row['seconds']:.0f} s, "
               f"{row['throughput_qps']:.1f}/s, p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
               f"errors {row['errors']}, batch {row['batch_mean']:.1f}, RSS {rss:.0f} MB, cache {cache_mb:.1f} MB",
               file=sys.stderr)
@@ -131,7 +135,7 @@ def run_bench(clients: int = 32, seconds: float = 60.0, rounds: int = 3, also_cl
               method: str | None = None, backbone: str | None = None, k: int = 10, url: str | None = None,
               pid: int | None = None, cache_dir: str | None = None, app_args: list[str] | None = None,
               world: str | os.PathLike = WORLD_DIR, out: str | os.PathLike | None = None,
-              startup_timeout: float = 900.0):
+              startup_timeout: float = 900.0, apis: tuple[str, ...] = ("gradio", "rest")):
     """Start the app (unless ``url``), run the rounds, write ``out/load.csv`` (unless ``out`` is False)."""
     import pandas as pd
 
@@ -155,7 +159,7 @@ def run_bench(clients: int = 32, seconds: float = 60.0, rounds: int = 3, also_cl
     try:
         queries = world_queries(world, 500)
         rows, meta = run_load(url, queries, clients, seconds, rounds, also_clients, method, backbone, k, pid,
-                              cache_dir)
+                              cache_dir, tuple(apis))
     finally:
         if proc is not None:
             stop_app(proc)
@@ -185,8 +189,8 @@ def run_bench_cli(args) -> int:
         if value is not None:
             extra += [f"--{flag.replace('_', '-')}", str(value)]
     df = run_bench(args.clients, args.seconds, args.rounds, args.also_clients, args.method, args.backbone, args.k,
-                   args.url, args.pid, args.cache_dir, extra, args.world, args.out, args.startup_timeout)
-    cols = ["round", "clients", "queries", "errors", "throughput_qps", "p50_ms", "p99_ms", "batch_mean",
+                   args.url, args.pid, args.cache_dir, extra, args.world, args.out, args.startup_timeout, args.api)
+    cols = ["round", "api", "clients", "queries", "errors", "throughput_qps", "p50_ms", "p99_ms", "batch_mean",
             "server_rss_mb", "rss_growth_pct", "cache_mb"]
     print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     return 1 if int(df["errors"].sum()) else 0
@@ -204,6 +208,9 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds with --clients (default 3)")
     p.add_argument("--also-clients", type=int, nargs="*", default=[16],
                    help="one more round for each of these client counts (default: 16, the target's)")
+    p.add_argument("--api", nargs="+", choices=["gradio", "rest"], default=["gradio", "rest"],
+                   help="the APIs loaded, one after the other (default both): gradio's (upload, submit, event "
+                        "stream) and the app's one-request POST /api/compose")
     p.add_argument("--method", default=None, help="method (default: isa when shipped, else the app's default)")
     p.add_argument("--backbone", default=None, help="ISA backbone (default: the lightest shipped)")
     p.add_argument("--k", type=int, default=10, help="top-K per query")
