@@ -363,3 +363,16 @@ def test_tune_fastest_picks_the_fastest_setting_reaching_the_target():
     flat = ann.new_index(32, "Flat")
     flat.add(x)
     assert ann.tune_fastest(flat, q, truth, 0.9, q[:5]) == ("", 1.0, [])
+
+
+def test_cpu_busy_share():
+    """``bench scale``'s ray rows: the share of the cores busy over a stretch of work, in [0, 1]."""
+    import math
+
+    from isa_demo.bench.scale import busy_since, cpu_jiffies
+
+    start = cpu_jiffies()
+    sum(i * i for i in range(300_000))
+    busy = busy_since(start)
+    assert math.isnan(busy_since(None))
+    assert (start is None and math.isnan(busy)) or math.isnan(busy) or 0.0 <= busy <= 1.0

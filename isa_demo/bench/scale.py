@@ -69,7 +69,7 @@ def nlist_for(n: int, per_sqrt: float = 1.0) -> int:
     points per list. The milvus part's IVF uses sqrt(n) (1,024 at 1M). The ivfpq part uses
     4 sqrt(n) (:data:`IVFPQ_LISTS_PER_SQRT`; 16,384 at 10M): with 4,096 lists for the 10,000
     mixture components a query's neighbours spread over many lists, and recall@10 0.95 needed
-    nprobe=192 (23.5 ms at batch 1); with 16,384 it needs nprobe=32 (1.9 ms)."""
+    nprobe=192 (23.5 ms at batch 1); with 16,384 it needs nprobe=32 (1.7 ms)."""
     import math
 
     nlist = 2 ** round(math.log2(max(per_sqrt * math.sqrt(n), 1)))
