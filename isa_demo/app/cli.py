@@ -101,7 +101,8 @@ def launch(demo, service, host: str = "127.0.0.1", port: int | None = 7860, shar
     from .rest import compose_route
     from .ui import CSS, PAGE_JS
 
-    api = compose_route(service, max_file_size, demo._queue.max_size or DEFAULT_MAX_QUEUE)
+    # gradio parses --max-file-size in launch(), before it serves: the route reads gradio's bytes
+    api = compose_route(service, lambda: demo.max_file_size, demo._queue.max_size or DEFAULT_MAX_QUEUE)
     return demo.launch(server_name=host, server_port=port, share=share, allowed_paths=service.allowed_paths(),
                        max_file_size=max_file_size, show_error=False, prevent_thread_lock=not block, quiet=quiet,
                        css=CSS, js=PAGE_JS, footer_links=["api"], ssr_mode=False, run_history=False,

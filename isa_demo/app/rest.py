@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import tempfile
+from typing import Callable
 
 from ..errors import UserError
 from .widgets import BUSY
@@ -44,26 +45,15 @@ class _Refused(Exception):
         self.status = status
 
 
-def parse_size(size: str | int) -> int:
-    """``"10mb"``, ``"500kb"``, ``"1gb"``, ``"2048"`` or an int -> bytes (what ``--max-file-size`` takes)."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?b?)\s*", str(size).lower())
-    if not m:
-        raise ValueError(f"not a size: {size!r} (e.g. 10mb, 500kb)")
-    unit = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024 ** 2, "mb": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3}
-    return int(float(m.group(1)) * unit[m.group(2)])
-
-
-async def _body(request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+async def _body(request, limit: int | None) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes (None: no limit)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
         raise _Refused(413, _too_large(limit))
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > limit:
+        if limit is not None and len(body) > limit:
             raise _Refused(413, _too_large(limit))
     return bytes(body)
 
@@ -115,13 +105,14 @@ async def _form(request, body: bytes) -> dict:
         await form.close()
 
 
-def compose_route(service, max_file_size: str | int, max_waiting: int):
-    """The starlette route serving :data:`ROUTE` for ``service`` (see the module doc)."""
+def compose_route(service, max_file_size: Callable[[], int | None], max_waiting: int):
+    """The starlette route serving :data:`ROUTE` for ``service`` (see the module doc).
+    ``max_file_size()``: the upload limit in bytes (None: none), read per request; the app passes
+    the one gradio parsed from ``--max-file-size`` for its own uploads, so both agree."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    limit = parse_size(max_file_size) + FORM_OVERHEAD
     in_flight = 0  # changed on the event loop only
 
     def run(fields: dict) -> dict:
@@ -142,7 +133,8 @@ def compose_route(service, max_file_size: str | int, max_waiting: int):
             return JSONResponse({"error": BUSY.format(waiting=in_flight, limit=max_waiting)}, status_code=503)
         in_flight += 1
         try:
-            fields = await _form(request, await _body(request, limit))
+            cap = max_file_size()
+            fields = await _form(request, await _body(request, None if cap is None else cap + FORM_OVERHEAD))
             return JSONResponse(await run_in_threadpool(run, fields))
         except _Refused as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
