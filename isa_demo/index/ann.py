@@ -176,8 +176,6 @@ def tune_fastest(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, tar
     every setting tried (``params``, ``recall``, ``batch_ms_per_query``, ``b1_p50_ms`` for
     candidates). When no setting reaches the target, the one with the highest recall is returned.
     """
-    import time
-
     k = truth.shape[1]
     base = _base_values(index)
     if base is None:
